@@ -1,0 +1,126 @@
+"""Base configuration: every field any part of ssdh_jax reads, with the release's defaults.
+
+Dataset x backbone configs import `get_config()` from here and override fields. Defaults follow the authors'
+Caffe release (../shared/docs/ssdh-method.md); comments name the release value where we differ.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # model init, dropout, loss sampling and batch order all derive from this key
+
+  # ---------------------------------------------------------------- data
+  c.data = d = ml_collections.ConfigDict()
+  d.source = "digits"  # digits | tfds | folder | list | arrays
+  d.tfds_name = "cifar10"  # for source=tfds: a tfds catalogue name
+  d.data_dir = ""  # tfds data_dir (empty: tfds default)
+  d.manual_dir = ""  # folder/list sources: root of the images (and list files)
+  d.protocol = "digits"  # digits | cifar10 | cifar10-1 | cifar10-2 | nuswide-21 | mirflickr-25k | imagenet-100 | coco
+  d.split_seed = 0
+  d.split_dir = ""  # where split files are written/read (empty: <workdir>/splits)
+  d.num_classes = 10
+  d.multi_label = False
+  d.labeled_fraction = 0.5  # fraction of each training batch drawn from the labeled pool (release ~0.5)
+  d.include_unlabeled = True  # False: batches hold labeled images only (supervised-only baseline)
+  d.resize_size = 0  # resize before crop (0: no resize); VGG-F/MobileNetV2: 256
+  d.image_size = 8  # network input size after crop
+  d.augment = "none"  # none | crop_flip | pad_crop_flip
+  d.pad = 4  # for pad_crop_flip
+  d.on_device_augment = False  # in-memory datasets: augment with jax.numpy on the accelerator
+  d.on_bad_image = "error"  # error | skip (skipped files are counted in the run metadata)
+  d.cache_dir = ""  # decoded-array cache for small datasets (empty: none)
+
+  # ---------------------------------------------------------------- model
+  c.model = m = ml_collections.ConfigDict()
+  m.name = "small_cnn"  # vgg_f | alexnet | vgg16 | vgg19 | mobilenet_v2 | small_cnn
+  m.bits = 48
+  m.num_classes = 10  # class head width (0: no class head)
+  m.dropout = 0.5
+  m.width = 32  # small_cnn base width
+  m.dtype = "float32"  # compute dtype: float32 | bfloat16 (hash/class outputs are always float32)
+  m.param_dtype = "float32"
+  m.pretrained = ""  # path to a .pth (torchvision layout) or .npz (VGG-F) checkpoint; empty: random init
+  m.preprocess = "unit"  # caffe_bgr | imagenet | unit
+
+  # ---------------------------------------------------------------- loss
+  c.loss = l = ml_collections.ConfigDict()
+  l.name = "ssdh"  # ssdh | dpsh
+  l.variant = "multi_label"  # multi_label (release) | single_label (farthest-third negatives, no pl/cls)
+  l.graph_feature = "codes"  # codes (release: detached hash outputs) | features (fc7)
+  l.knn_k = 8  # neighbour drawn from the first min(knn_k, N/3) sorted positions
+  l.neg_window = (114, 124)  # non-neighbour window at window_ref_n (release: (120, 124) for 12 bits)
+  l.window_ref_n = 128  # the window scales linearly with the global batch size
+  l.lam = 0.1  # weight of the graph-embedding and pseudo-label terms
+  l.margin = 3.0  # contrastive margin m (release: 2.5 for 12 bits)
+  l.rank_margin = 1.0  # triplet margin
+  l.max_tries = 10  # tries to find a negative sharing no label with the positive
+  l.use_rank = True
+  l.use_emb = True
+  l.use_pl = True
+  l.use_cls = True
+  l.dpsh_eta = 0.1  # DPSH quantisation weight (loss.name=dpsh only)
+
+  # ---------------------------------------------------------------- optimiser
+  c.optim = o = ml_collections.ConfigDict()
+  o.name = "sgd"  # sgd | adam
+  o.lr = 1e-4
+  o.momentum = 0.9
+  o.weight_decay = 5e-4  # never applied to biases (nor BatchNorm scales)
+  o.bias_lr_mult = 2.0
+  o.schedule = "step"  # step | cosine | constant
+  o.step_every = 30_000
+  o.step_gamma = 0.1
+  o.warmup_steps = 0
+  o.backbone_lr_mult = 1.0  # per-layer multiplier for the backbone; heads use 1.0
+  o.grad_clip = 0.0  # 0: none
+
+  # ---------------------------------------------------------------- training
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 128  # GLOBAL batch; the graph is built over all of it
+  t.num_steps = 1000
+  t.parallel = "pmap"  # pmap | shard_map
+  t.num_devices = 0  # 0: all local devices
+  t.distributed = False  # call jax.distributed.initialize()
+  t.log_every = 50
+  t.eval_every = 500  # validation mAP for best-checkpoint selection (0: only at the end)
+  t.checkpoint_every = 500
+  t.keep_checkpoints = 3
+  t.async_checkpoint = True
+  t.progress = True
+
+  # ---------------------------------------------------------------- evaluation
+  c.eval = e = ml_collections.ConfigDict()
+  e.batch_size = 256
+  e.map_r = 0  # mAP@R (0: whole database)
+  e.topk = (1, 10, 50, 100, 500, 1000)  # precision@K points
+  e.hamming_radius = 2
+  e.drop_no_relevant = False  # peers' convention: drop queries with no relevant item in the top R
+  e.expected_ties = False  # also report expected AP under random tie order
+  e.query_chunk = 256
+  e.val_queries = 500  # validation queries used for model selection during training
+  e.val_database = 5000  # database sample those validation queries search (fixed by split_seed)
+  return c
+
+
+def set_bits(c: ml_collections.ConfigDict, bits: int) -> ml_collections.ConfigDict:
+  """Code length with the release's per-length settings (12 bits: window [120,124), margin 2.5)."""
+  c.model.bits = int(bits)
+  if int(bits) <= 12:
+    c.loss.neg_window = (120, 124)
+    c.loss.margin = 2.5
+  else:
+    c.loss.neg_window = (114, 124)
+    c.loss.margin = 3.0
+  return c
+
+
+def parse_bits(config_string: str | None, default: int) -> int:
+  """`configs/x.py:24` passes "24" as the config string; empty means the file's default."""
+  if not config_string:
+    return default
+  try:
+    return int(config_string)
+  except ValueError:
+    raise ValueError(f"config string {config_string!r}: expected a code length such as 12, 24, 32 or 48") from None

@@ -1,0 +1,95 @@
+"""Orbax checkpoints: keep-last-N periodic saves plus the best by validation mAP.
+
+Two managers under <workdir>/checkpoints: `last/` (max_to_keep=N, async) and `best/` (one, chosen by val_map).
+Restoring walks the saved steps newest first and falls back, with a warning, past one that cannot be read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+def _as_numpy(tree: PyTree) -> PyTree:
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+class Checkpointer:
+  """Saves/restores TrainState pytrees (host copies) for one run directory."""
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    root = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._last = ocp.CheckpointManager(
+      os.path.join(root, "last"),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max(int(keep), 1), enable_async_checkpointing=async_save, create=True
+      ),
+    )
+    self._best = ocp.CheckpointManager(
+      os.path.join(root, "best"),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=1,
+        best_fn=lambda m: m["val_map"],
+        best_mode="max",
+        enable_async_checkpointing=async_save,
+        create=True,
+      ),
+    )
+
+  def save(self, step: int, state: PyTree) -> None:
+    if step in self._last.all_steps():
+      return
+    self._last.save(step, args=ocp.args.StandardSave(_as_numpy(state)))
+
+  def save_best(self, step: int, state: PyTree, val_map: float) -> None:
+    if step in self._best.all_steps():
+      return
+    self._best.save(step, args=ocp.args.StandardSave(_as_numpy(state)), metrics={"val_map": float(val_map)})
+
+  def wait(self) -> None:
+    self._last.wait_until_finished()
+    self._best.wait_until_finished()
+
+  @staticmethod
+  def _restore_newest(manager: ocp.CheckpointManager, target: PyTree, steps: list[int]) -> tuple[PyTree, int]:
+    abstract = _as_numpy(target)
+    for step in sorted(steps, reverse=True):
+      try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
+      except Exception as e:  # noqa: BLE001  (any unreadable checkpoint: fall back to an older one)
+        logging.warning("checkpoint at step %d in %s cannot be restored (%s); trying an older one", step,
+                        manager.directory, e)
+    return target, 0
+
+  def restore_latest(self, target: PyTree) -> tuple[PyTree, int]:
+    """Newest readable periodic checkpoint, or (target, 0) when there is none."""
+    self.wait()
+    return self._restore_newest(self._last, target, list(self._last.all_steps()))
+
+  def restore_step(self, target: PyTree, step: int) -> tuple[PyTree, int]:
+    """A given periodic (or best) step; (target, 0) when it is not there or unreadable."""
+    self.wait()
+    for manager in (self._last, self._best):
+      if step in manager.all_steps():
+        return self._restore_newest(manager, target, [step])
+    return target, 0
+
+  def restore_best(self, target: PyTree) -> tuple[PyTree, int]:
+    """The best-by-validation checkpoint; falls back to the newest periodic one (then to `target`)."""
+    self.wait()
+    best = self._best.best_step()
+    if best is not None:
+      state, step = self._restore_newest(self._best, target, [best])
+      if step:
+        return state, step
+    steps = list(self._last.all_steps())
+    if steps:
+      return self._restore_newest(self._last, target, steps)
+    return target, int(np.asarray(jax.device_get(target.step)))

@@ -1,0 +1,241 @@
+"""Evaluation: encode splits into packed binary codes, compute retrieval metrics, write the report.
+
+Every reported number is keyed by protocol, split hash, bits, backbone, metric, R and checkpoint step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ssdh_jax import hashing, metrics, preprocessing
+from ssdh_jax.data import pipeline
+
+PyTree = Any
+
+
+def _variables(state) -> dict:
+  v = {"params": state.params}
+  if state.batch_stats:
+    v["batch_stats"] = state.batch_stats
+  return v
+
+
+def make_encoder(model: flax.linen.Module, preprocess_name: str):
+  """A jitted (variables, uint8 images (B,H,W,3)) -> (codes bool (B,k), relaxed h float32 (B,k))."""
+
+  @jax.jit
+  def encode_batch(variables, images):
+    out = model.apply(variables, preprocessing.preprocess(images, preprocess_name), train=False)
+    return hashing.binarize(out["codes"]), out["codes"]
+
+  return encode_batch
+
+
+def encode(
+  config: ml_collections.ConfigDict,
+  model: flax.linen.Module,
+  state,
+  examples,
+  *,
+  batch_size: int | None = None,
+  return_relaxed: bool = False,
+) -> dict[str, np.ndarray]:
+  """Encodes `examples` with centre-crop evaluation preprocessing, batches sharded over local devices.
+
+  Returns: dict(codes uint32 (N, ceil(k/32)) packed, labels float32 (N,C), ids int64 (N,)
+  [, relaxed float32 (N,k)]).
+  """
+  devices = jax.local_devices()
+  n_dev = len(devices)
+  bs = int(batch_size or config.eval.batch_size)
+  bs = max(n_dev, bs - bs % n_dev)
+  sharding = NamedSharding(Mesh(np.asarray(devices), ("data",)), P("data"))
+  variables = jax.device_put(_variables(state), NamedSharding(sharding.mesh, P()))
+  encode_batch = make_encoder(model, config.model.preprocess)
+  codes, relaxed, labels, ids = [], [], [], []
+  for batch in pipeline.eval_batches(examples, config, bs):
+    images = np.asarray(batch["image"])
+    n = images.shape[0]
+    pad = (-n) % n_dev  # the last batch is padded to a multiple of the device count, then trimmed
+    if pad:
+      images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
+    b, h = encode_batch(variables, jax.device_put(images, sharding))
+    codes.append(np.asarray(hashing.pack_bits(b))[:n])
+    if return_relaxed:
+      relaxed.append(np.asarray(h)[:n])
+    labels.append(np.asarray(batch["labels"]))
+    ids.append(np.asarray(batch["id"]))
+  out = {
+    "codes": np.concatenate(codes),
+    "labels": np.concatenate(labels).astype(np.float32),
+    "ids": np.concatenate(ids).astype(np.int64),
+  }
+  if return_relaxed:
+    out["relaxed"] = np.concatenate(relaxed)
+  return out
+
+
+def validation_map(config: ml_collections.ConfigDict, model: flax.linen.Module, state, splits: Mapping) -> float:
+  """mAP@R of validation queries against a fixed database sample: the model-selection signal (never queries)."""
+  val = splits["validation"]
+  db = splits["database"]
+  nq = min(int(config.eval.val_queries), len(val.ids))
+  ndb = min(int(config.eval.val_database), len(db.ids))
+  rng = np.random.default_rng(config.data.split_seed)
+  val = val.subset(np.sort(rng.choice(len(val.ids), nq, replace=False)))
+  db = db.subset(np.sort(rng.choice(len(db.ids), ndb, replace=False)))
+  q = encode(config, model, state, val)
+  d = encode(config, model, state, db)
+  return float(
+    metrics.mean_average_precision(
+      q["codes"],
+      d["codes"],
+      q["labels"],
+      d["labels"],
+      bits=config.model.bits,
+      R=int(config.eval.map_r),
+      query_chunk=int(config.eval.query_chunk),
+    )
+  )
+
+
+def evaluate_state(
+  config: ml_collections.ConfigDict,
+  model: flax.linen.Module,
+  state,
+  splits: Mapping,
+  meta: Mapping[str, Any],
+  *,
+  step: int,
+) -> dict[str, Any]:
+  """Query-vs-database retrieval metrics of `state`, keyed as every reported number must be."""
+  q = encode(config, model, state, splits["query"])
+  d = encode(config, model, state, splits["database"], return_relaxed=True)
+  res = metrics.evaluate_codes(
+    q["codes"],
+    d["codes"],
+    q["labels"],
+    d["labels"],
+    bits=config.model.bits,
+    R=int(config.eval.map_r),
+    topk=tuple(config.eval.topk),
+    radius=int(config.eval.hamming_radius),
+    drop_no_relevant=bool(config.eval.drop_no_relevant),
+    expected_ties=bool(config.eval.expected_ties),
+    query_chunk=int(config.eval.query_chunk),
+  )
+  bits_on = hashing.unpack_bits(jnp.asarray(d["codes"]), config.model.bits)
+  return {
+    "key": {
+      "protocol": config.data.protocol,
+      "split_seed": int(config.data.split_seed),
+      "split_hash": meta.get("split_hash", ""),
+      "bits": int(config.model.bits),
+      "backbone": config.model.name,
+      "loss": config.loss.name,
+      "lambda": float(config.loss.lam),
+      "R": int(config.eval.map_r),
+      "R_label": "all" if int(config.eval.map_r) == 0 else str(int(config.eval.map_r)),
+      "checkpoint_step": int(step),
+      "seed": int(config.seed),
+      "num_queries": len(q["ids"]),
+      "num_database": len(d["ids"]),
+      "drop_no_relevant": bool(config.eval.drop_no_relevant),
+      "tie_break": "database index (stable)",
+    },
+    "metrics": res,
+    "bit_balance": np.asarray(bits_on, np.float32).mean(axis=0),
+  }
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.ndarray, jax.Array)):
+    return np.asarray(x).tolist()
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  return x
+
+
+def scalar_metrics(results: Mapping[str, Any]) -> dict[str, float]:
+  return {k: float(v) for k, v in results["metrics"].items() if np.ndim(v) == 0}
+
+
+def markdown_table(rows: list[Mapping[str, Any]]) -> str:
+  """One row per result: the key columns then every scalar metric."""
+  if not rows:
+    return ""
+  key_cols = ["protocol", "split_hash", "bits", "backbone", "loss", "R_label", "checkpoint_step", "seed"]
+  metric_cols = list(scalar_metrics(rows[0]))
+  head = "| " + " | ".join(key_cols + metric_cols) + " |"
+  sep = "|" + "---|" * (len(key_cols) + len(metric_cols))
+  lines = [head, sep]
+  for r in rows:
+    k = dict(r["key"])
+    k["split_hash"] = str(k["split_hash"])[:12]
+    vals = [str(k[c]) for c in key_cols] + [f"{v:.4f}" for v in scalar_metrics(r).values()]
+    lines.append("| " + " | ".join(vals) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_plots(path_prefix: str, results: Mapping[str, Any]) -> list[str]:
+  """PR curves (by rank and by Hamming radius), precision@K and the bit-balance histogram as PNGs."""
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  m = results["metrics"]
+  k = results["key"]
+  title = f"{k['protocol']} · {k['backbone']} · {k['bits']} bits · step {k['checkpoint_step']}"
+  fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+  ax = axes[0]
+  ax.plot(np.asarray(m["pr_rank_recall"]), np.asarray(m["pr_rank_precision"]), "-")
+  ax.set(xlabel="recall", ylabel="precision", title="PR by rank position", xlim=(0, 1), ylim=(0, 1.02))
+  ax = axes[1]
+  ax.plot(np.asarray(m["pr_radius_recall"]), np.asarray(m["pr_radius_precision"]), "o-")
+  ax.set(xlabel="recall", ylabel="precision", title="PR by Hamming radius 0..k", xlim=(0, 1), ylim=(0, 1.02))
+  ax = axes[2]
+  ax.plot(np.asarray(m["precision_at_k_k"]), np.asarray(m["precision_at_k"]), "o-")
+  ax.set(xlabel="K", ylabel="precision@K", title="precision@top-K", xscale="log", ylim=(0, 1.02))
+  ax = axes[3]
+  bal = np.asarray(results["bit_balance"])
+  ax.bar(np.arange(len(bal)), bal)
+  ax.axhline(0.5, color="k", lw=0.8)
+  ax.set(xlabel="bit", ylabel="fraction of 1s (database)", title="bit balance", ylim=(0, 1))
+  fig.suptitle(title)
+  fig.tight_layout()
+  path = f"{path_prefix}_curves.png"
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return [path]
+
+
+def write_report(workdir: str, results: Mapping[str, Any], config: ml_collections.ConfigDict) -> dict[str, str]:
+  """Writes metrics.json, the Markdown table and PNG plots into `workdir` (atomically for the JSON)."""
+  del config
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "metrics.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(_jsonable(results), f, indent=1)
+  os.replace(tmp, path)
+  table = os.path.join(workdir, "results.md")
+  with open(table, "w") as f:
+    f.write(markdown_table([results]))
+  plots = write_plots(os.path.join(workdir, "eval"), results)
+  return {"metrics": path, "table": table, "plots": ",".join(plots)}

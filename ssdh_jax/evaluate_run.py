@@ -1,0 +1,134 @@
+"""Evaluate or search with a finished run directory (the library side of eval.py and ssdh-search)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ssdh_jax import checkpoints, evaluate, index, models, optim
+from ssdh_jax.data import splits as splits_lib
+
+
+def load_run_config(workdir: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The resolved config a run saved, with `key.sub=value` overrides; unknown keys are an error."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no config.json — is {workdir!r} a run directory written by train.py?")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  for item in overrides:
+    if "=" not in item:
+      raise ValueError(f"--override {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      if p not in node:
+        raise ValueError(f"--override {item!r}: unknown config field {key!r}")
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f"--override {item!r}: unknown config field {key!r}")
+    node[leaf] = value
+  config.lock()
+  return config
+
+
+def restore_state(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best"):
+  """(model, host TrainState, step) restored from the run's checkpoints."""
+  from ssdh_jax import train_lib  # noqa: PLC0415  (train_lib imports this module's siblings)
+
+  model = models.build_model(config.model)
+  abstract = jax.eval_shape(lambda k: models.init_variables(model, k, config.data.image_size), jax.random.PRNGKey(0))
+  tx, _ = optim.make_optimizer(config.optim, abstract["params"], config.train.num_steps)
+  with config.unlocked():
+    pretrained, config.model.pretrained = config.model.pretrained, ""  # the checkpoint holds every weight
+    target = train_lib.create_train_state(config, model, tx, jax.random.PRNGKey(config.seed))
+    config.model.pretrained = pretrained
+  ckpt = checkpoints.Checkpointer(workdir, async_save=False)
+  if checkpoint == "best":
+    state, step = ckpt.restore_best(target)
+  elif checkpoint == "latest":
+    state, step = ckpt.restore_latest(target)
+  else:
+    try:
+      wanted = int(checkpoint)
+    except ValueError:
+      raise ValueError(f"--checkpoint {checkpoint!r}: expected best, latest or a step number") from None
+    state, step = ckpt.restore_step(target, wanted)
+  if step == 0:
+    raise FileNotFoundError(f"{workdir}: no readable checkpoint ({checkpoint})")
+  return model, state, step
+
+
+def evaluate_workdir(workdir: str, checkpoint: str = "best", overrides: Sequence[str] = ()) -> dict[str, Any]:
+  """Restores a checkpoint, evaluates query vs database, writes the report and the database index."""
+  config = load_run_config(workdir, overrides)
+  split_data, meta = splits_lib.load_splits(config, workdir)
+  model, state, step = restore_state(config, workdir, checkpoint)
+  results = evaluate.evaluate_state(config, model, state, split_data, meta, step=step)
+  evaluate.write_report(workdir, results, config)
+  db = evaluate.encode(config, model, state, split_data["database"])
+  index.save_index(
+    os.path.join(workdir, "database_index.npz"),
+    index.CodeIndex(
+      codes=db["codes"],
+      ids=db["ids"],
+      labels=db["labels"],
+      meta={
+        "bits": int(config.model.bits),
+        "backbone": config.model.name,
+        "preprocessing": config.model.preprocess,
+        "image_size": int(config.data.image_size),
+        "split_hash": meta.get("split_hash", ""),
+        "protocol": config.data.protocol,
+        "checkpoint_step": int(step),
+      },
+    ),
+  )
+  return results
+
+
+def search_images(workdir: str, index_path: str, images: Sequence[str], k: int, radius: int) -> list[dict]:
+  """Encodes image files with the run's best model and searches the index (top-k, or a Hamming ball)."""
+  from PIL import Image  # noqa: PLC0415
+
+  from ssdh_jax.data import pipeline  # noqa: PLC0415
+
+  config = load_run_config(workdir)
+  idx = index.load_index(index_path, bits=int(config.model.bits))
+  arrays = []
+  for path in images:
+    try:
+      with Image.open(path) as im:
+        arrays.append(np.asarray(im.convert("RGB")))
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{path}: cannot read image ({e})") from e
+  model, state, _ = restore_state(config, workdir)
+  batch = pipeline.eval_images(arrays, config)
+  enc = evaluate.make_encoder(model, config.model.preprocess)
+  codes, _ = enc({"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}, batch)
+  from ssdh_jax import hashing  # noqa: PLC0415
+
+  packed = np.asarray(hashing.pack_bits(codes))
+  if radius >= 0:
+    found = index.range_search(idx, packed, radius)
+    return [
+      {"image": p, "ids": np.asarray(ids).tolist(), "distances": np.asarray(d).tolist()}
+      for p, (ids, d) in zip(images, found)
+    ]
+  ids, dists = index.search(idx, packed, k)
+  return [
+    {"image": p, "ids": np.asarray(i).tolist(), "distances": np.asarray(d).tolist()}
+    for p, i, d in zip(images, ids, dists)
+  ]

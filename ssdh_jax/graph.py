@@ -1,0 +1,188 @@
+"""The online in-batch graph of SSDH and the uniform index sampling the losses rely on.
+
+Every function here is selection: its outputs are integer indices or masks, computed from detached inputs, so
+nothing in this module is ever differentiated. All randomness comes from explicit per-anchor keys; a row's
+choices depend only on its own key, never on which shard (or which position in the batch) computes them.
+
+Sorting convention (the release's `std::sort` of (distance, j) pairs): rows are ordered by ascending squared
+distance, ties broken by ascending row id. The anchor's distance to itself is exactly 0, so position 0 is the
+anchor unless another row has an identical feature and a smaller id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def pairwise_sq_dists(x: Array, y: Array) -> Array:
+  """Squared Euclidean distances ‖x_i − y_j‖² in float32 via the Gram form, clamped at 0.
+
+  Args:
+    x: (n, d) any float dtype.
+    y: (m, d).
+
+  Returns:
+    (n, m) float32. The matmul runs at HIGHEST precision: default TPU/GPU precision (bf16/TF32 passes) would
+    reorder near neighbours.
+  """
+  x = x.astype(jnp.float32)
+  y = y.astype(jnp.float32)
+  xx = jnp.sum(x * x, axis=-1)
+  yy = jnp.sum(y * y, axis=-1)
+  d = xx[:, None] + yy[None, :] - 2.0 * jnp.matmul(x, y.T, precision=_HIGHEST)
+  return jnp.maximum(d, 0.0)
+
+
+def knn_size(n: int, knn_k: int) -> int:
+  """Number of leading sorted positions the neighbour is drawn from: min(knn_k, n // 3), at least 1."""
+  return max(1, min(int(knn_k), n // 3))
+
+
+def scaled_window(n: int, window: tuple[int, int], ref_n: int) -> tuple[int, int]:
+  """The release's non-neighbour window [a, b) defined at batch size `ref_n`, scaled linearly to `n`.
+
+  Rounding: both ends are floored, lo = ⌊a·n/ref_n⌋ and hi = ⌊b·n/ref_n⌋ (exact at n = ref_n and at every
+  multiple of ref_n for which a·n/ref_n is integral, e.g. (114, 124) -> (228, 248) at 256). The result is then
+  clipped to valid sorted positions: 0 ≤ lo < hi ≤ n, widening to one position if the floors coincide.
+
+  Args:
+    n: global batch size.
+    window: (a, b) at `ref_n` (config.loss.neg_window).
+    ref_n: batch size the window is defined at (config.loss.window_ref_n).
+
+  Returns:
+    (lo, hi) Python ints; the non-neighbour is drawn uniformly from sorted positions lo..hi-1.
+  """
+  a, b = int(window[0]), int(window[1])
+  if not 0 <= a < b:
+    raise ValueError(f"neg_window must satisfy 0 <= a < b, got {window}")
+  lo = (a * n) // int(ref_n)
+  hi = (b * n) // int(ref_n)
+  hi = min(max(hi, lo + 1), n)
+  lo = min(lo, hi - 1)
+  return max(lo, 0), hi
+
+
+def farthest_third_window(n: int) -> tuple[int, int]:
+  """Single-label variant: the farthest third of the batch, sorted positions [n − n//3, n) (≥ 1 position)."""
+  return n - max(1, n // 3), n
+
+
+def graph_window(n: int, cfg: Mapping) -> tuple[int, int]:
+  """Non-neighbour window for the configured variant (config.loss.variant)."""
+  if cfg.variant == "single_label":
+    return farthest_third_window(n)
+  if cfg.variant == "multi_label":
+    return scaled_window(n, tuple(cfg.neg_window), cfg.window_ref_n)
+  raise ValueError(f"unknown loss variant {cfg.variant!r}; expected 'multi_label' or 'single_label'")
+
+
+def graph_features(outputs: Mapping[str, Array], cfg: Mapping) -> Array:
+  """Detached float32 features the graph is built on: (N, k) 'codes' (release) or (N, F) 'features' (fc7)."""
+  name = cfg.graph_feature
+  key = {"codes": "codes", "features": "features", "fc7": "features"}.get(name)
+  if key is None:
+    raise ValueError(f"unknown graph_feature {name!r}; expected 'codes' or 'features'")
+  return jax.lax.stop_gradient(outputs[key].astype(jnp.float32))
+
+
+def anchor_keys(key: Array, global_rows: Array) -> Array:
+  """Per-anchor keys fold_in(key, global_row): (n,) int -> (n,) keys (batched key array)."""
+  return jax.vmap(lambda r: jax.random.fold_in(key, r))(global_rows)
+
+
+def sorted_neighbours(feats: Array, anchor_ids: Array, row_ids: Array) -> Array:
+  """Rows of the batch sorted by distance to each anchor.
+
+  Args:
+    feats: (N, F) graph features (detached).
+    anchor_ids: (n,) int positions of the anchors in the batch.
+    row_ids: (N,) int unique global ids of the rows (tie-break key, so the order is permutation-invariant).
+
+  Returns:
+    (n, N) int32 batch positions: entry [a, q] is the row at sorted position q for anchor a.
+  """
+  feats = jax.lax.stop_gradient(feats)
+  n, big_n = anchor_ids.shape[0], feats.shape[0]
+  d = pairwise_sq_dists(feats[anchor_ids], feats)
+  d = d.at[jnp.arange(n), anchor_ids].set(0.0)  # exact self-distance, as the release's direct difference
+  rid = jnp.broadcast_to(row_ids.astype(jnp.int32)[None, :], (n, big_n))
+  pos = jnp.broadcast_to(jnp.arange(big_n, dtype=jnp.int32)[None, :], (n, big_n))
+  _, _, order = jax.lax.sort((d, rid, pos), dimension=1, num_keys=2)
+  return order
+
+
+def sample_graph_pairs(
+  feats: Array,
+  keys: Array,
+  anchor_ids: Array,
+  row_ids: Array,
+  *,
+  k_size: int,
+  window: tuple[int, int],
+) -> dict[str, Array]:
+  """Draws each anchor's graph neighbour and non-neighbour.
+
+  Neighbour: uniform among sorted positions [0, k_size); non-neighbour: uniform among [window[0], window[1]).
+
+  Args:
+    feats: (N, F) graph features.
+    keys: (n,) per-anchor keys.
+    anchor_ids: (n,) int anchor positions.
+    row_ids: (N,) int unique global row ids.
+    k_size: see `knn_size`.
+    window: (lo, hi) static sorted-position window, see `graph_window`.
+
+  Returns:
+    dict of (n,) int32: 'pos', 'neg' (batch positions) and 'pos_rank', 'neg_rank' (sorted positions drawn).
+  """
+  lo, hi = window
+  order = sorted_neighbours(feats, anchor_ids, row_ids)
+
+  def draw(k):
+    kp, kn = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
+    return jax.random.randint(kp, (), 0, k_size), jax.random.randint(kn, (), lo, hi)
+
+  q_pos, q_neg = jax.vmap(draw)(keys)
+  q_pos, q_neg = q_pos.astype(jnp.int32), q_neg.astype(jnp.int32)
+  pos = jnp.take_along_axis(order, q_pos[:, None], axis=1)[:, 0]
+  neg = jnp.take_along_axis(order, q_neg[:, None], axis=1)[:, 0]
+  return {"pos": pos, "neg": neg, "pos_rank": q_pos, "neg_rank": q_neg}
+
+
+def masked_choice(keys: Array, mask: Array, row_ids: Array, num: int = 1) -> tuple[Array, Array]:
+  """For each row of `mask`, `num` independent uniform draws from its True columns.
+
+  The r-th True column is taken in row-id order (not batch-position order), so with the same key the same
+  *row* is chosen however the batch is permuted. Cost O(n·N + n·num·log N): one cumsum, then a binary search
+  per draw; no (n, num, N) random tensor.
+
+  Args:
+    keys: (n,) per-row keys.
+    mask: (n, N) bool candidate sets.
+    row_ids: (N,) int unique global ids of the columns.
+    num: draws per row (e.g. the triplet tries).
+
+  Returns:
+    idx: (n, num) int32 batch positions (arbitrary where the set is empty).
+    nonempty: (n,) bool.
+  """
+  mask = jax.lax.stop_gradient(mask)
+  big_n = mask.shape[1]
+  canon = jnp.argsort(row_ids).astype(jnp.int32)  # column positions in row-id order
+  cs = jnp.cumsum(mask[:, canon].astype(jnp.int32), axis=1)
+  count = cs[:, -1]
+
+  def one(k, c, cnt):
+    r = jax.random.randint(k, (num,), 0, jnp.maximum(cnt, 1))
+    return jnp.searchsorted(c, r, side="right")  # first canonical position whose cumsum exceeds r
+
+  j = jax.vmap(one)(keys, cs, count)
+  idx = canon[jnp.minimum(j, big_n - 1)]
+  return idx.astype(jnp.int32), count > 0

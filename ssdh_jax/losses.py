@@ -1,0 +1,360 @@
+"""SSDH objective (and the DPSH baseline) as pure, jit/grad/vmap-able JAX functions.
+
+Spec: ../shared/docs/ssdh-method.md, section Loss (the authors' Caffe release). With D_ij = ‖h_i − h_j‖² on the
+relaxed codes h (float32) and the contrastive pair term f(i, p, n) = D_ip + max(0, m − √D_in)²:
+
+  L_rank = 1/(2T)    Σ_{triplets (a,p,n)}   max(0, rank_margin + D_ap − D_an)     (labeled anchors)
+  L_emb  = λ/(2N)    Σ_{all rows i}         f(i, p(i), n(i))                       (online graph)
+  L_pl   = λ/(2P)    Σ_{unlabeled u w/ pair} f(u, p_u, n_u)                        (pseudo-labels)
+  L_cls  = 1/(2|L|)  Σ_{labeled i}          ‖σ(z_i) − y_i‖²
+  L      = use_rank·L_rank + use_emb·L_emb + use_pl·L_pl + use_cls·L_cls
+
+Sharding contract (see the project contract): `outputs`, `labels`, `labeled` hold the GLOBAL batch; a call
+computes the per-anchor terms of `anchor_ids` only, each anchor's random choices come from
+fold_in(key, row_ids[anchor]) (row_ids defaults to arange(N), i.e. the global row index), and the count
+normalisers (T, P, |L|, purity denominator) go through ONE call `reduce_count(counts)` with a float32 vector
+of the shard's counts (the trainer passes lax.psum; elementwise sum is all it must do). Every returned value
+is an additive partial: summing over shards that partition the anchors gives the full-batch value and, because
+the counts are not differentiated, the full-batch gradient.
+
+√D uses the release's regularised derivative d√D/dD = 1/(2(√D + 1e-4)) (its backward divides by
+dist + 1e-4), which keeps the gradient finite, and zero, at coincident codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ssdh_jax import graph
+
+LossFn = Callable[..., tuple[Array, dict[str, Array]]]
+ReduceCount = Callable[[Array], Array]
+
+SQRT_GRAD_EPS = 1e-4  # the release's backward: beta = -gamma * (m - dist) / (dist + 1e-4)
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+# Order of the counts in the vector passed to `reduce_count`.
+COUNT_NAMES = ("n_triplets", "n_pl_pairs", "n_labeled", "purity_den")
+
+
+def _identity(x: Array) -> Array:
+  return x
+
+
+@jax.custom_jvp
+def safe_sqrt(x: Array) -> Array:
+  """√max(x, 0) whose derivative is 1/(2(√x + SQRT_GRAD_EPS)) (the release's), finite at 0."""
+  return jnp.sqrt(jnp.maximum(x, 0.0))
+
+
+@safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+  (x,), (t,) = primals, tangents
+  y = safe_sqrt(x)
+  return y, t / (2.0 * (y + SQRT_GRAD_EPS))
+
+
+def row_sq_dists(a: Array, b: Array) -> Array:
+  """‖a_i − b_i‖² for paired rows: (n, k), (n, k) -> (n,) float32 (direct difference, exact 0 at a == b)."""
+  diff = a.astype(jnp.float32) - b.astype(jnp.float32)
+  return jnp.sum(diff * diff, axis=-1)
+
+
+def contrastive(h_a: Array, h_p: Array, h_n: Array, margin: float) -> Array:
+  """Per-anchor pair term D_ap + max(0, m − √D_an)²: (n, k) ×3 -> (n,) float32."""
+  hinge = jnp.maximum(margin - safe_sqrt(row_sq_dists(h_a, h_n)), 0.0)
+  return row_sq_dists(h_a, h_p) + hinge * hinge
+
+
+def share_label(y_a: Array, y: Array) -> Array:
+  """(n, C), (N, C) multi-hot -> (n, N) bool: rows share at least one label."""
+  ya = (y_a > 0.5).astype(jnp.float32)
+  yb = (y > 0.5).astype(jnp.float32)
+  return jnp.matmul(ya, yb.T, precision=_HIGHEST) > 0.5
+
+
+def _defaults(n_rows: int, anchor_ids: Array | None, row_ids: Array | None) -> tuple[Array, Array]:
+  anchors = jnp.arange(n_rows, dtype=jnp.int32) if anchor_ids is None else jnp.asarray(anchor_ids, jnp.int32)
+  rids = jnp.arange(n_rows, dtype=jnp.int32) if row_ids is None else jnp.asarray(row_ids, jnp.int32)
+  return anchors, rids
+
+
+def _terms_on(cfg: Mapping, outputs: Mapping[str, Array]) -> dict[str, bool]:
+  single = cfg.variant == "single_label"
+  has_cls = "class_logits" in outputs
+  return {
+    "rank": bool(cfg.use_rank),
+    "emb": bool(cfg.use_emb),
+    "pl": bool(cfg.use_pl) and not single and has_cls,
+    "cls": bool(cfg.use_cls) and not single and has_cls,
+  }
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+
+def ssdh_sample(
+  outputs: Mapping[str, Array],
+  labels: Array,
+  labeled: Array,
+  key: Array,
+  cfg: Mapping,
+  *,
+  anchor_ids: Array | None = None,
+  row_ids: Array | None = None,
+) -> dict[str, Array]:
+  """All index selection of the SSDH loss (never differentiated).
+
+  Args:
+    outputs: model outputs for the global batch ('codes' (N,k); 'features' if graph_feature='features';
+      'class_logits' (N,C) for the pseudo-label term).
+    labels: (N, C) float32 multi-hot (zeros for unlabeled rows).
+    labeled: (N,) bool.
+    key: PRNG key of this step.
+    cfg: config.loss.
+    anchor_ids: (n,) int32 rows whose choices to draw (default all N).
+    row_ids: (N,) int unique global row ids used for fold_in, tie-breaks and set order (default arange(N)).
+
+  Returns:
+    dict of (n,) arrays: 'anchors'; graph 'emb_pos', 'emb_neg', 'emb_pos_rank', 'emb_neg_rank';
+    triplets 'rank_pos', 'rank_neg', 'rank_valid'; pseudo-label pairs 'pl_pos', 'pl_neg', 'pl_valid'.
+    Index entries are batch positions; where the matching *_valid is False they are arbitrary.
+  """
+  h = outputs["codes"]
+  big_n = h.shape[0]
+  anchors, rids = _defaults(big_n, anchor_ids, row_ids)
+  labeled = jnp.asarray(labeled, bool)
+  labels = jax.lax.stop_gradient(jnp.asarray(labels, jnp.float32))
+  keys = graph.anchor_keys(key, rids[anchors])
+  k_graph, k_rank_pos, k_rank_neg, k_pl_pos, k_pl_neg = (
+    jax.vmap(lambda k, s=s: jax.random.fold_in(k, s))(keys) for s in range(5)
+  )
+  on = _terms_on(cfg, outputs)
+  n = anchors.shape[0]
+  out = {"anchors": anchors}
+
+  # Online graph: one neighbour and one non-neighbour for every anchor (also used for purity diagnostics).
+  g = graph.sample_graph_pairs(
+    graph.graph_features(outputs, cfg),
+    k_graph,
+    anchors,
+    rids,
+    k_size=graph.knn_size(big_n, cfg.knn_k),
+    window=graph.graph_window(big_n, cfg),
+  )
+  out.update(emb_pos=g["pos"], emb_neg=g["neg"], emb_pos_rank=g["pos_rank"], emb_neg_rank=g["neg_rank"])
+
+  y_a = labels[anchors]
+  lab_a = labeled[anchors]
+  zeros_i = jnp.zeros((n,), jnp.int32)
+  zeros_b = jnp.zeros((n,), bool)
+
+  # Triplets: p ~ labeled rows sharing a label with a (a itself allowed), n ~ labeled rows sharing none; up to
+  # max_tries (p, n) draws, the first with p and n sharing no label is kept.
+  if on["rank"]:
+    sim = share_label(y_a, labels)
+    both = lab_a[:, None] & labeled[None, :]
+    tries = max(1, int(cfg.max_tries))
+    p, p_ok = graph.masked_choice(k_rank_pos, both & sim, rids, tries)
+    q, q_ok = graph.masked_choice(k_rank_neg, both & ~sim, rids, tries)
+    pn_share = jnp.any((labels[p] > 0.5) & (labels[q] > 0.5), axis=-1)  # (n, tries)
+    ok = (p_ok & q_ok)[:, None] & ~pn_share
+    first = jnp.argmax(ok, axis=1)[:, None]
+    out.update(
+      rank_pos=jnp.take_along_axis(p, first, 1)[:, 0],
+      rank_neg=jnp.take_along_axis(q, first, 1)[:, 0],
+      rank_valid=jnp.any(ok, axis=1),
+    )
+  else:
+    out.update(rank_pos=zeros_i, rank_neg=zeros_i, rank_valid=zeros_b)
+
+  # Pseudo-label pairs for unlabeled anchors, from argmax ŷ / argmin y̌ of the class logits (ties: first index,
+  # as the release's strict comparisons).
+  if on["pl"]:
+    z = jax.lax.stop_gradient(outputs["class_logits"].astype(jnp.float32))
+    top = jnp.argmax(z, axis=-1)  # (N,)
+    bot = jnp.argmin(z, axis=-1)
+    top_a, bot_a = top[anchors], bot[anchors]
+    yb = labels > 0.5
+    has_top = yb.T[top_a]  # (n, N): row j carries the anchor's ŷ
+    has_bot = yb.T[bot_a]
+    unl = ~labeled[None, :]
+    pos = (unl & (top[None, :] == top_a[:, None])) | (labeled[None, :] & has_top & ~has_bot)
+    neg = (unl & (top[None, :] == bot_a[:, None])) | (labeled[None, :] & has_bot & ~has_top)
+    neg = neg & ~pos  # release: the positive test runs first
+    p, p_ok = graph.masked_choice(k_pl_pos, pos, rids, 1)
+    q, q_ok = graph.masked_choice(k_pl_neg, neg, rids, 1)
+    out.update(pl_pos=p[:, 0], pl_neg=q[:, 0], pl_valid=~lab_a & p_ok & q_ok)
+  else:
+    out.update(pl_pos=zeros_i, pl_neg=zeros_i, pl_valid=zeros_b)
+  return out
+
+
+# ------------------------------------------------------------------------------------------------ terms
+
+
+def ssdh_terms(
+  outputs: Mapping[str, Array],
+  labels: Array,
+  labeled: Array,
+  samples: Mapping[str, Array],
+  cfg: Mapping,
+  *,
+  reduce_count: ReduceCount = _identity,
+) -> tuple[Array, dict[str, Array]]:
+  """The differentiable SSDH terms given `ssdh_sample`'s indices. See `ssdh_loss` for args and returns."""
+  h = outputs["codes"].astype(jnp.float32)
+  big_n = h.shape[0]
+  labels = jax.lax.stop_gradient(jnp.asarray(labels, jnp.float32))
+  labeled = jnp.asarray(labeled, bool)
+  on = _terms_on(cfg, outputs)
+  a = samples["anchors"]
+  lab_a = labeled[a]
+  h_a = h[a]
+  lam = jnp.float32(cfg.lam)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+
+  # Graph purity: sampled neighbours p(i) != i with both rows labeled; numerator: they share a label.
+  e_pos = samples["emb_pos"]
+  pur_mask = lab_a & labeled[e_pos] & (e_pos != a)
+  pur_hit = pur_mask & jnp.any((labels[a] > 0.5) & (labels[e_pos] > 0.5), axis=-1)
+
+  rank_valid = samples["rank_valid"] & on["rank"]
+  pl_valid = samples["pl_valid"] & on["pl"]
+  cls_mask = lab_a & on["cls"]
+  counts = jnp.stack(
+    [f32(jnp.sum(rank_valid)), f32(jnp.sum(pl_valid)), f32(jnp.sum(lab_a)), f32(jnp.sum(pur_mask))]
+  )
+  g_counts = jax.lax.stop_gradient(reduce_count(counts))
+  n_trip, n_pl, n_lab, n_pur = (jnp.maximum(g_counts[i], 1.0) for i in range(4))
+
+  zero = jnp.zeros((), jnp.float32)
+  terms = {"loss_rank": zero, "loss_emb": zero, "loss_pl": zero, "loss_cls": zero}
+  if on["rank"]:
+    d_ap = row_sq_dists(h_a, h[samples["rank_pos"]])
+    d_an = row_sq_dists(h_a, h[samples["rank_neg"]])
+    hinge = jnp.maximum(jnp.float32(cfg.rank_margin) + d_ap - d_an, 0.0)
+    terms["loss_rank"] = jnp.sum(jnp.where(rank_valid, hinge, 0.0)) / (2.0 * n_trip)
+  if on["emb"]:
+    f = contrastive(h_a, h[samples["emb_pos"]], h[samples["emb_neg"]], cfg.margin)
+    terms["loss_emb"] = lam * jnp.sum(f) / (2.0 * big_n)
+  if on["pl"]:
+    f = contrastive(h_a, h[samples["pl_pos"]], h[samples["pl_neg"]], cfg.margin)
+    terms["loss_pl"] = lam * jnp.sum(jnp.where(pl_valid, f, 0.0)) / (2.0 * n_pl)
+  if on["cls"]:
+    prob = jax.nn.sigmoid(outputs["class_logits"][a].astype(jnp.float32))
+    sq = jnp.sum((prob - labels[a]) ** 2, axis=-1)
+    terms["loss_cls"] = jnp.sum(jnp.where(cls_mask, sq, 0.0)) / (2.0 * n_lab)
+
+  loss = terms["loss_rank"] + terms["loss_emb"] + terms["loss_pl"] + terms["loss_cls"]
+  aux = dict(terms)
+  aux.update(
+    n_triplets=counts[0],
+    n_pl_pairs=counts[1],
+    n_labeled=counts[2],
+    graph_purity=f32(jnp.sum(pur_hit)) / n_pur,
+  )
+  return loss, aux
+
+
+def ssdh_loss(
+  outputs: Mapping[str, Array],
+  labels: Array,
+  labeled: Array,
+  key: Array,
+  cfg: Mapping,
+  *,
+  anchor_ids: Array | None = None,
+  reduce_count: ReduceCount = _identity,
+  row_ids: Array | None = None,
+) -> tuple[Array, dict[str, Array]]:
+  """SSDH loss (release form; cfg.variant 'single_label' drops the pseudo-label and class terms).
+
+  Args:
+    outputs: model outputs of the GLOBAL batch: 'codes' (N, k) in (0,1); 'class_logits' (N, C) (pseudo-label
+      and class terms are skipped when absent); 'features' (N, F) if cfg.graph_feature == 'features'. Any
+      float dtype; all loss math is float32.
+    labels: (N, C) float32 multi-hot, zeros for unlabeled rows.
+    labeled: (N,) bool.
+    key: PRNG key of this step (same on every shard).
+    cfg: config.loss (fields: variant, graph_feature, knn_k, neg_window, window_ref_n, lam, margin,
+      rank_margin, max_tries, use_rank, use_emb, use_pl, use_cls).
+    anchor_ids: (n,) int32 rows whose per-anchor terms this call computes (default: all N).
+    reduce_count: sums a (4,) float32 vector of counts (COUNT_NAMES) over shards; called exactly once.
+    row_ids: (N,) int unique global row ids for fold_in / tie-breaks (default arange(N)); permuting the batch
+      together with row_ids leaves every choice, hence the loss, unchanged.
+
+  Returns:
+    loss: scalar float32 partial.
+    aux: scalar float32 partials: 'loss_rank', 'loss_emb', 'loss_pl', 'loss_cls' (term values, weights
+      included), 'n_triplets', 'n_pl_pairs', 'n_labeled' (this shard's counts), 'graph_purity' (this shard's
+      share of the fraction of sampled neighbours p(i) != i that share a label, among labeled pairs).
+  """
+  samples = ssdh_sample(outputs, labels, labeled, key, cfg, anchor_ids=anchor_ids, row_ids=row_ids)
+  return ssdh_terms(outputs, labels, labeled, samples, cfg, reduce_count=reduce_count)
+
+
+# ------------------------------------------------------------------------------------------------ DPSH
+
+
+def dpsh_loss(
+  outputs: Mapping[str, Array],
+  labels: Array,
+  labeled: Array,
+  key: Array,
+  cfg: Mapping,
+  *,
+  anchor_ids: Array | None = None,
+  reduce_count: ReduceCount = _identity,
+  row_ids: Array | None = None,
+) -> tuple[Array, dict[str, Array]]:
+  """DPSH (Li et al., IJCAI 2016) pairwise likelihood on the pre-sigmoid hash layer u = 'hash_logits'.
+
+  θ_ij = ½ u_i·u_j, s_ij = 1 iff rows share a label;
+  L = mean_{i anchor, j; both labeled} [softplus(θ_ij) − s_ij θ_ij] + dpsh_eta · (1/N) Σ_{i anchor} ‖u_i − sign(u_i)‖².
+  Pairs include i = j. The pair count goes through `reduce_count` (a (1,) vector); the quantisation mean is
+  over all N rows. `key` and `row_ids` are unused (no sampling); they keep the registry signature.
+
+  Returns:
+    loss: scalar float32 partial; aux: 'loss_pair', 'loss_quant', 'n_pairs' (additive partials).
+  """
+  del key, row_ids
+  u = outputs["hash_logits"].astype(jnp.float32)
+  big_n = u.shape[0]
+  anchors, _ = _defaults(big_n, anchor_ids, None)
+  labels = jnp.asarray(labels, jnp.float32)
+  labeled = jnp.asarray(labeled, bool)
+  u_a = u[anchors]
+  theta = 0.5 * jnp.matmul(u_a, u.T, precision=_HIGHEST)
+  s = share_label(labels[anchors], labels).astype(jnp.float32)
+  pair = labeled[anchors][:, None] & labeled[None, :]
+  n_local = jnp.sum(pair).astype(jnp.float32)
+  n_pairs = jnp.maximum(jax.lax.stop_gradient(reduce_count(n_local[None]))[0], 1.0)
+  nll = jax.nn.softplus(theta) - s * theta
+  loss_pair = jnp.sum(jnp.where(pair, nll, 0.0)) / n_pairs
+  b = jax.lax.stop_gradient(jnp.sign(u_a))
+  loss_quant = jnp.float32(cfg.dpsh_eta) * jnp.sum((u_a - b) ** 2) / big_n
+  aux = {"loss_pair": loss_pair, "loss_quant": loss_quant, "n_pairs": n_local}
+  return loss_pair + loss_quant, aux
+
+
+# ------------------------------------------------------------------------------------------------ registry
+
+_REGISTRY: dict[str, LossFn] = {"ssdh": ssdh_loss, "dpsh": dpsh_loss}
+
+
+def get_loss(name: str) -> LossFn:
+  """Loss function by name ('ssdh' | 'dpsh'); every entry has `ssdh_loss`'s signature."""
+  try:
+    return _REGISTRY[name]
+  except KeyError:
+    raise ValueError(f"unknown loss {name!r}; available: {sorted(_REGISTRY)}") from None
+
+
+def available_losses() -> tuple[str, ...]:
+  """Names accepted by `get_loss`."""
+  return tuple(sorted(_REGISTRY))

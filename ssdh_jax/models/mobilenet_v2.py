@@ -1,0 +1,155 @@
+"""MobileNetV2 (width 1.0) in torchvision's layout, with BatchNorm that can average over a device axis.
+
+Flax names mirror torchvision's `features.{i}` indices:
+  features_0          ConvBNAct(3 → 32, 3×3/2)                   ↔ features.0.{0: conv, 1: bn}
+  features_1 … _17    InvertedResidual blocks                    ↔ features.{i}.conv.*
+                        expand (ConvBNAct 1×1, only if t ≠ 1)    ↔ conv.0.{0,1}
+                        depthwise (ConvBNAct 3×3, groups=C)      ↔ conv.{0|1}.{0,1}
+                        project (Conv 1×1), project_bn           ↔ conv.{1|2}, conv.{2|3}
+  features_18         ConvBNAct(320 → 1280, 1×1)                 ↔ features.18.{0,1}
+  classifier          Dense 1280 → num_classes (only if > 0)     ↔ classifier.1 (after dropout 0.2)
+Padding is explicit and symmetric ((k−1)/2 each side) as in torch; 'SAME' would pad (0, 1) at stride 2.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# (expand ratio t, output channels c, repeats n, first stride s), torchvision's inverted_residual_setting.
+SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+STEM_CHANNELS = 32
+LAST_CHANNELS = 1280
+
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision: kaiming_normal fan_out
+
+
+def block_specs() -> list[tuple[int, int, int, int]]:
+  """(in_channels, out_channels, stride, expand_ratio) of features_1 … features_17, in order."""
+  specs, cin = [], STEM_CHANNELS
+  for t, c, n, s in SETTINGS:
+    for i in range(n):
+      specs.append((cin, c, s if i == 0 else 1, t))
+      cin = c
+  return specs
+
+
+class ConvBNAct(nn.Module):
+  """Conv (no bias) → BatchNorm → optional ReLU6, torchvision's Conv2dNormActivation."""
+
+  features: int
+  kernel: int = 3
+  stride: int = 1
+  groups: int = 1
+  act: bool = True
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    pad = (self.kernel - 1) // 2
+    x = nn.Conv(
+      self.features,
+      (self.kernel, self.kernel),
+      strides=(self.stride, self.stride),
+      padding=((pad, pad), (pad, pad)),
+      feature_group_count=self.groups,
+      use_bias=False,
+      kernel_init=_conv_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="conv",
+    )(x)
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,  # torch momentum 0.1
+      epsilon=1e-5,
+      axis_name=self.axis_name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="bn",
+    )(x)
+    return jnp.clip(x, 0, 6) if self.act else x
+
+
+class InvertedResidual(nn.Module):
+  """Expand 1×1 → depthwise 3×3 → linear project 1×1, with a residual when shapes allow."""
+
+  cin: int
+  cout: int
+  stride: int
+  expand_ratio: int
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    kw = dict(axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+    hidden = int(round(self.cin * self.expand_ratio))
+    y = x
+    if self.expand_ratio != 1:
+      y = ConvBNAct(hidden, kernel=1, name="expand", **kw)(y, train)
+    y = ConvBNAct(hidden, kernel=3, stride=self.stride, groups=hidden, name="depthwise", **kw)(y, train)
+    y = nn.Conv(
+      self.cout,
+      (1, 1),
+      use_bias=False,
+      kernel_init=_conv_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="project",
+    )(y)
+    y = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      axis_name=self.axis_name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="project_bn",
+    )(y)
+    if self.stride == 1 and self.cin == self.cout:
+      y = x + y
+    return y
+
+
+class MobileNetV2(nn.Module):
+  """torchvision MobileNetV2 backbone.
+
+  Attributes:
+    num_classes: 0 → global-average-pooled features (B, 1280); > 0 → dropout(0.2) + classifier logits.
+    axis_name: pmap/shard_map axis over which BatchNorm averages batch statistics (None: per device).
+    dtype: compute dtype; param_dtype: parameter dtype.
+  """
+
+  num_classes: int = 0
+  classifier_dropout: float = 0.2
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    """x: (B, H, W, 3) ImageNet-normalised RGB (224 nominal). Returns (B, 1280) or (B, num_classes)."""
+    kw = dict(axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = x.astype(self.dtype)
+    x = ConvBNAct(STEM_CHANNELS, kernel=3, stride=2, name="features_0", **kw)(x, train)
+    for i, (cin, cout, stride, t) in enumerate(block_specs(), start=1):
+      x = InvertedResidual(cin, cout, stride, t, name=f"features_{i}", **kw)(x, train)
+    x = ConvBNAct(LAST_CHANNELS, kernel=1, name=f"features_{len(block_specs()) + 1}", **kw)(x, train)
+    x = x.mean(axis=(1, 2))
+    if self.num_classes:
+      x = nn.Dropout(self.classifier_dropout, deterministic=not train)(x)
+      x = nn.Dense(
+        self.num_classes,
+        kernel_init=nn.initializers.normal(0.01),
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="classifier",
+      )(x)
+    return x

@@ -1,0 +1,400 @@
+"""Training: TrainState, the per-device step body, its pmap / shard_map wrappers and `train_and_evaluate`.
+
+The step body is a pure function of (state, local batch) with a named data axis. Every device all-gathers the
+model outputs, labels and masks of the whole GLOBAL batch, computes the loss terms of its own anchors against
+every image (so the online graph and the triplets span the global batch) and the gradients are summed over
+devices. Training is therefore the same computation on 1 or 8 devices (up to float reassociation and dropout
+masks, which are drawn per device). The trainer knows nothing of the loss terms: it passes model outputs to
+`losses.get_loss(config.loss.name)` and sums whatever additive partials come back.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ssdh_jax import checkpoints, evaluate, losses, models, optim, preprocessing
+from ssdh_jax.data import pipeline
+from ssdh_jax.data import splits as splits_lib
+
+PyTree = Any
+AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes. `key` is fixed; step s uses fold_in(key, s), so resuming is exact."""
+
+  step: jax.Array  # int32 scalar
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  key: jax.Array  # uint32 (2,) raw PRNG key
+
+
+def create_train_state(
+  config: ml_collections.ConfigDict, model: flax.linen.Module, tx: optax.GradientTransformation, key: jax.Array
+) -> TrainState:
+  """Initialises parameters (and loads pretrained backbone weights when configured)."""
+  init_key, state_key = jax.random.split(key)
+  variables = models.init_variables(model, init_key, config.data.image_size)
+  if config.model.pretrained:
+    from ssdh_jax import weights  # noqa: PLC0415  (import only when a checkpoint is used)
+
+    variables = weights.load_pretrained(variables, config.model.pretrained, config.model.name)
+  params = variables["params"]
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+    key=state_key,
+  )
+
+
+def _tree_all_finite(tree: PyTree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def train_step_body(
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
+  *,
+  model: flax.linen.Module,
+  tx: optax.GradientTransformation,
+  loss_fn: Callable,
+  loss_cfg: ml_collections.ConfigDict,
+  schedule: optax.Schedule,
+  preprocess_fn: Callable[[jax.Array, jax.Array], jax.Array],
+  axis_name: str,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step on this device's shard of the global batch.
+
+  Args:
+    state: replicated TrainState.
+    batch: this device's rows: image (n,H,W,3) uint8, labels (n,C) float32, labeled (n,) bool.
+    preprocess_fn: (key, uint8 images) -> float32 network input (augmentation on device, if any, lives here).
+    axis_name: the named device axis (pmap's axis_name or the shard_map mesh axis).
+
+  Returns:
+    The new state (unchanged but for `step` if the loss or gradients are not finite) and the step's metrics,
+    identical on every device.
+  """
+  n = batch["labels"].shape[0]
+  dev = jax.lax.axis_index(axis_name)
+  row_ids = (dev * n + jnp.arange(n)).astype(jnp.int32)
+  step_key = jax.random.fold_in(state.key, state.step)
+  k_aug, k_drop, k_loss = jax.random.split(step_key, 3)
+  images = preprocess_fn(jax.random.fold_in(k_aug, dev), batch["image"])
+  gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
+  labels = gather(batch["labels"])
+  labeled = gather(batch["labeled"])
+
+  def loss_of(params):
+    variables = {"params": params}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    outputs, mutated = model.apply(
+      variables, images, train=True, rngs={"dropout": jax.random.fold_in(k_drop, dev)}, mutable=["batch_stats"]
+    )
+    outputs = jax.tree.map(gather, dict(outputs))
+    loss, aux = loss_fn(
+      outputs,
+      labels,
+      labeled,
+      k_loss,
+      loss_cfg,
+      anchor_ids=row_ids,
+      reduce_count=lambda c: jax.lax.psum(c, axis_name),
+    )
+    return loss, (aux, mutated)
+
+  (loss, (aux, mutated)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  # Each device's loss holds its anchors' share, normalised globally: the global loss and gradient are sums.
+  grads = jax.lax.psum(grads, axis_name)
+  loss = jax.lax.psum(loss, axis_name)
+  aux = jax.lax.psum(aux, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # Inf parameters would poison every later step: refuse the update and let the host stop the run.
+  finite = jnp.isfinite(loss) & _tree_all_finite(grads) & _tree_all_finite(params)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=keep(params, state.params),
+    batch_stats=keep(mutated.get("batch_stats", state.batch_stats), state.batch_stats),
+    opt_state=keep(opt_state, state.opt_state),
+  )
+  metrics = {
+    "loss": loss,
+    **aux,
+    "grad_norm": optax.global_norm(grads),
+    "lr": schedule(state.step),
+    "finite": finite.astype(jnp.float32),
+  }
+  return new_state, metrics
+
+
+# --------------------------------------------------------------------------- parallel wrappers
+
+
+def make_parallel_step(body: Callable, mode: str, devices: list) -> Callable:
+  """Wraps the per-device body with jax.pmap (state/batch with a leading device axis) or jax.shard_map.
+
+  shard_map runs with check_vma=False so that, as under pmap, gradients of replicated parameters are not
+  summed implicitly: the body's explicit psum is the one reduction in both modes.
+  """
+  fn = functools.partial(body, axis_name=AXIS)
+  if mode == "pmap":
+    return jax.pmap(fn, axis_name=AXIS, devices=devices, donate_argnums=(0,))
+  if mode == "shard_map":
+    mesh = Mesh(np.asarray(devices), (AXIS,))
+    mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False)
+    return jax.jit(mapped, donate_argnums=(0,))
+  raise ValueError(f"config.train.parallel: unknown mode {mode!r} (pmap | shard_map)")
+
+
+def place_state(state: TrainState, mode: str, devices: list) -> TrainState:
+  """Replicates a host state onto the devices in the layout the wrapper expects."""
+  if mode == "pmap":
+    n = len(devices)
+    stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), state)
+    return jax.pmap(lambda s: s, devices=devices)(stacked)
+  sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P())
+  return jax.device_put(state, sharding)
+
+
+def place_batch(batch: Mapping[str, np.ndarray], mode: str, devices: list) -> dict:
+  """Lays a host batch (this process's rows) out over the local devices."""
+  if mode == "pmap":
+    return pipeline.shard(dict(batch), len(devices))
+  mesh = Mesh(np.asarray(devices), (AXIS,))
+  sharding = NamedSharding(mesh, P(AXIS))
+  if jax.process_count() > 1:
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+  return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+
+
+def host_state(state: TrainState, mode: str) -> TrainState:
+  """The state as one host-side copy (first replica under pmap)."""
+  if mode == "pmap":
+    state = jax.tree.map(lambda x: x[0], state)
+  return jax.device_get(state)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class MetricWriter:
+  """JSON-lines + TensorBoard scalars; a no-op on every process but 0."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._jsonl = None
+    if not enabled:
+      return
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+    try:
+      from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:
+      logging.warning("tensorboardX not installed: TensorBoard event files are not written.")
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, float(v), int(step))
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+# --------------------------------------------------------------------------- main loop
+
+
+def _local_devices(config: ml_collections.ConfigDict) -> list:
+  devices = jax.local_devices()
+  n = config.train.num_devices or len(devices)
+  if n > len(devices):
+    raise ValueError(f"config.train.num_devices={n} but only {len(devices)} local devices are visible")
+  if config.train.batch_size % (n * jax.process_count()):
+    raise ValueError(
+      f"config.train.batch_size={config.train.batch_size} is not divisible by the "
+      f"{n * jax.process_count()} devices"
+    )
+  return devices[:n]
+
+
+def make_preprocess_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """(key, uint8 images) -> network input; on-device augmentation first when configured."""
+  name = config.model.preprocess
+
+  def fn(key, images):
+    if config.data.on_device_augment:
+      images = pipeline.device_augment(key, images, config)
+    return preprocessing.preprocess(images, name)
+
+  return fn
+
+
+def build_training(config: ml_collections.ConfigDict, devices: list):
+  """Model, optimiser, schedule and the wrapped step for `config` on `devices`."""
+  model = models.build_model(config.model, axis_name=AXIS)
+  init_model = models.build_model(config.model)
+  key = jax.random.PRNGKey(config.seed)
+  # The optimiser only needs the parameter tree's structure and names.
+  abstract = jax.eval_shape(lambda k: models.init_variables(init_model, k, config.data.image_size), key)
+  tx, schedule = optim.make_optimizer(config.optim, abstract["params"], config.train.num_steps)
+  body = functools.partial(
+    train_step_body,
+    model=model,
+    tx=tx,
+    loss_fn=losses.get_loss(config.loss.name),
+    loss_cfg=config.loss,
+    schedule=schedule,
+    preprocess_fn=make_preprocess_fn(config),
+  )
+  step_fn = make_parallel_step(body, config.train.parallel, devices)
+  return init_model, tx, schedule, step_fn
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+  stacked = jax.device_get(history)
+  out = {}
+  for k in stacked[0]:
+    vals = np.stack([np.asarray(h[k]).reshape(-1)[0] for h in stacked])
+    out[k] = float(vals.mean())
+  return out
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None
+) -> dict[str, Any]:
+  """Trains SSDH per `config`, checkpointing into `workdir`, then evaluates the best checkpoint.
+
+  Args:
+    config: a locked ConfigDict (configs/*.py).
+    workdir: run directory; an existing one is resumed from its latest good checkpoint.
+    stop_after: stop (as if pre-empted) once this many steps are done; for resume tests.
+
+  Returns:
+    The evaluation results dict (also written to workdir/metrics.json) or, if stopped early, {'step': s}.
+  """
+  if config.train.distributed:
+    jax.distributed.initialize()
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  devices = _local_devices(config)
+  mode = config.train.parallel
+
+  splits, meta = splits_lib.load_splits(config, workdir)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, "run_meta.json"), "w") as f:
+      json.dump(meta, f, indent=2, default=str)
+
+  model, tx, schedule, step_fn = build_training(config, devices)
+  state = create_train_state(config, model, tx, jax.random.PRNGKey(config.seed))
+  ckpt = checkpoints.Checkpointer(workdir, config.train.keep_checkpoints, config.train.async_checkpoint)
+  state, start = ckpt.restore_latest(state)
+  if start:
+    logging.info("Resuming from step %d", start)
+
+  num_steps = int(config.train.num_steps)
+  writer = MetricWriter(workdir, enabled=is_main)
+  batches: Iterator[dict] = pipeline.train_batches(splits, config, config.seed, start)
+  pstate = place_state(state, mode, devices)
+  per_host = config.train.batch_size // jax.process_count()
+  lo = jax.process_index() * per_host
+
+  progress = None
+  if config.train.progress and is_main:
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    progress = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+  history: list[dict] = []
+  t_last, imgs_since = time.perf_counter(), 0
+  step = start
+  try:
+    while step < num_steps:
+      batch = next(batches)
+      host_rows = {k: v[lo : lo + per_host] for k, v in batch.items() if k in ("image", "labels", "labeled")}
+      pstate, metrics = step_fn(pstate, place_batch(host_rows, mode, devices))
+      history.append(metrics)
+      step += 1
+      imgs_since += config.train.batch_size
+      if progress is not None:
+        progress.update(1)
+      boundary = step % config.train.log_every == 0 or step == num_steps
+      ckpt_due = step % config.train.checkpoint_every == 0 or step == num_steps
+      eval_due = config.train.eval_every and (step % config.train.eval_every == 0) or step == num_steps
+      if boundary or ckpt_due or eval_due or (stop_after is not None and step >= stop_after):
+        scalars = _mean_metrics(history)
+        history = []
+        if scalars["finite"] < 1.0:
+          raise NonFiniteError(
+            f"non-finite loss or gradients before step {step}; the update was not applied and training stops. "
+            f"The last good checkpoint in {workdir} is kept. Lower config.optim.lr or check the inputs."
+          )
+        now = time.perf_counter()
+        scalars["images_per_sec"] = imgs_since / max(now - t_last, 1e-9)
+        t_last, imgs_since = now, 0
+        scalars.pop("finite")
+        if boundary:
+          writer.write(step, scalars)
+          if progress is not None:
+            progress.set_postfix(loss=f"{scalars['loss']:.4f}")
+        state = None
+        if eval_due:
+          state = host_state(pstate, mode)
+          val = evaluate.validation_map(config, model, state, splits)
+          writer.write(step, {"val_map": val})
+          ckpt.save_best(step, state, val)
+        if ckpt_due:
+          ckpt.save(step, state if state is not None else host_state(pstate, mode))
+      if stop_after is not None and step >= stop_after:
+        ckpt.save(step, host_state(pstate, mode))
+        ckpt.wait()
+        return {"step": step}
+  finally:
+    if progress is not None:
+      progress.close()
+    writer.close()
+    ckpt.wait()
+
+  final_state, best_step = ckpt.restore_best(host_state(pstate, mode))
+  results = evaluate.evaluate_state(config, model, final_state, splits, meta, step=best_step)
+  if is_main:
+    evaluate.write_report(workdir, results, config)
+  return results

@@ -1,0 +1,164 @@
+"""Trainer: 1 vs 8 devices (pmap and shard_map), loss goes down, exact resume, checkpoint fallback, NaN stop."""
+
+import glob
+import logging
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits_demo
+from ssdh_jax import checkpoints, testing, train_lib
+
+
+def tiny_config(steps=6, **train):
+  c = digits_demo.get_config("16")
+  c.train.num_steps = steps
+  c.train.batch_size = 32
+  c.train.log_every = 2
+  c.train.eval_every = 0
+  c.train.checkpoint_every = 2
+  c.train.progress = False
+  c.train.async_checkpoint = False
+  c.model.width = 8
+  c.eval.val_queries = 50
+  c.eval.val_database = 200
+  for k, v in train.items():
+    setattr(c.train, k, v)
+  return c
+
+
+EQUIVALENCE_BODY = """
+import jax, numpy as np
+from configs import digits_demo
+from ssdh_jax import train_lib, models
+from ssdh_jax.data import splits as splits_lib, pipeline
+import tempfile
+
+c = digits_demo.get_config("24")
+c.train.batch_size = 32
+c.model.width = 8
+c.model.dropout = 0.0  # dropout masks are drawn per device; everything else must match exactly
+c.loss.variant = {variant!r}
+c.optim.name = "sgd"
+c.optim.lr = 0.05
+c.optim.schedule = "constant"
+c.optim.warmup_steps = 0
+c.data.labeled_fraction = 0.5
+c.train.parallel = {mode!r}
+splits, meta = splits_lib.load_splits(c, tempfile.mkdtemp())
+batch = next(pipeline.train_batches(splits, c, 0, 0))
+batch = {{k: batch[k] for k in ("image", "labels", "labeled")}}
+if {variant!r} == "multi_label":  # give some rows a second label so multi-label similarity is exercised
+  extra = np.zeros_like(batch["labels"]); extra[::3, 3] = 1.0
+  batch["labels"] = np.maximum(batch["labels"], extra * batch["labeled"][:, None])
+out = {{}}
+for n in (1, 8):
+  devices = jax.devices()[:n]
+  model, tx, schedule, step_fn = train_lib.build_training(c, devices)
+  state = train_lib.create_train_state(c, model, tx, jax.random.PRNGKey(0))
+  pstate = train_lib.place_state(state, c.train.parallel, devices)
+  losses = []
+  for _ in range(2):
+    pstate, m = step_fn(pstate, train_lib.place_batch(batch, c.train.parallel, devices))
+    mm = jax.device_get(m)
+    losses.append(float(np.asarray(mm["loss"]).reshape(-1)[0]))
+  hs = train_lib.host_state(pstate, c.train.parallel)
+  out[n] = (losses, jax.tree.leaves(hs.params), jax.tree.leaves(hs.batch_stats),
+            float(np.asarray(mm["n_triplets"]).reshape(-1)[0]))
+emit({{
+  "loss1": out[1][0], "loss8": out[8][0],
+  "param_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(out[1][1], out[8][1])),
+  "param_scale": max(float(np.max(np.abs(a))) for a in out[1][1]),
+  "bs_diff": max([float(np.max(np.abs(a - b))) for a, b in zip(out[1][2], out[8][2])] or [0.0]),
+  "moved": max(float(np.max(np.abs(a))) for a in out[1][1]),
+  "triplets": [out[1][3], out[8][3]],
+}})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,variant", [("pmap", "multi_label"), ("shard_map", "multi_label"), ("pmap", "single_label")])
+def test_one_vs_eight_devices_same_training(mode, variant):
+  r = testing.run_with_devices(EQUIVALENCE_BODY.format(mode=mode, variant=variant), 8, timeout=900)
+  np.testing.assert_allclose(r["loss1"], r["loss8"], rtol=2e-5, atol=1e-6)
+  assert r["param_diff"] < 2e-5 * max(1.0, r["param_scale"]), r
+  assert r["bs_diff"] < 1e-4, r
+  assert r["triplets"][0] == r["triplets"][1]
+  if variant == "multi_label":
+    assert r["triplets"][0] > 0
+
+
+def test_loss_decreases_on_digits(tmp_path):
+  c = tiny_config(steps=40)
+  c.train.log_every = 10
+  c.train.checkpoint_every = 40
+  c.train.batch_size = 64
+  train_lib.train_and_evaluate(c, str(tmp_path))
+  import json
+
+  recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  losses = [r["loss"] for r in recs if "loss" in r]
+  assert len(losses) == 4
+  assert losses[-1] < losses[0] * 0.9, losses
+  assert {"images_per_sec", "lr", "n_triplets", "grad_norm"} <= set(recs[0])
+  assert os.path.exists(tmp_path / "metrics.json") and os.path.exists(tmp_path / "eval_curves.png")
+  assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+  meta = json.load(open(tmp_path / "run_meta.json"))
+  assert meta["split_hash"]
+
+
+def _final_params(workdir, c):
+  model, tx, _, _ = train_lib.build_training(c, jax.devices()[:1])
+  target = train_lib.create_train_state(c, model, tx, jax.random.PRNGKey(0))
+  state, step = checkpoints.Checkpointer(str(workdir), async_save=False).restore_latest(target)
+  return state, step
+
+
+def test_kill_and_resume_is_exact(tmp_path):
+  c = tiny_config(steps=6)
+  train_lib.train_and_evaluate(c, str(tmp_path / "straight"))
+  out = train_lib.train_and_evaluate(c, str(tmp_path / "resumed"), stop_after=3)
+  assert out == {"step": 3}
+  assert _final_params(tmp_path / "resumed", c)[1] == 3  # the interrupted run really stopped mid-way
+  train_lib.train_and_evaluate(c, str(tmp_path / "resumed"))
+  a, sa = _final_params(tmp_path / "straight", c)
+  b, sb = _final_params(tmp_path / "resumed", c)
+  assert sa == sb == 6
+  for x, y in zip(jax.tree.leaves((a.params, a.opt_state, a.batch_stats)), jax.tree.leaves((b.params, b.opt_state, b.batch_stats))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_corrupted_latest_checkpoint_falls_back(tmp_path, caplog):
+  c = tiny_config(steps=4)
+  train_lib.train_and_evaluate(c, str(tmp_path))
+  latest = tmp_path / "checkpoints" / "last" / "4"
+  assert latest.is_dir()
+  for f in latest.rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  with caplog.at_level(logging.WARNING):
+    _, step = _final_params(tmp_path, c)
+  assert step == 2
+  assert "cannot be restored" in caplog.text
+
+
+def test_non_finite_update_stops_and_keeps_last_good(tmp_path, monkeypatch):
+  c = tiny_config(steps=4)
+  train_lib.train_and_evaluate(c, str(tmp_path))
+  good, _ = _final_params(tmp_path, c)
+  real = train_lib.losses.get_loss
+
+  def poisoned(name):
+    fn = real(name)
+    return lambda *a, **k: (lambda lv, aux: (lv * float("nan"), aux))(*fn(*a, **k))
+
+  monkeypatch.setattr(train_lib.losses, "get_loss", poisoned)
+  c8 = tiny_config(steps=8)
+  with pytest.raises(train_lib.NonFiniteError, match="non-finite"):
+    train_lib.train_and_evaluate(c8, str(tmp_path))
+  state, step = _final_params(tmp_path, c8)
+  assert step == 4
+  for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(good.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
