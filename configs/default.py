@@ -31,6 +31,12 @@ def get_config() -> ml_collections.ConfigDict:
   d.on_device_augment = False  # in-memory datasets: augment with jax.numpy on the accelerator
   d.on_bad_image = "error"  # error | skip (skipped files are counted in the run metadata)
   d.cache_dir = ""  # decoded-array cache for small datasets (empty: none)
+  d.val_size = -1  # validation images for model selection (-1: the protocol's default)
+  d.val_from = ""  # unlabeled (default: extra labels, labeled set keeps its protocol size) | labeled
+  d.list_files = ""  # source=list: comma-separated list-file names under manual_dir (empty: *.txt)
+  d.arrays_path = ""  # source=arrays: an .npz with images, labels[, ids]
+  d.in_memory = "auto"  # auto | always | never: decode file datasets into a uint8 array
+  d.num_workers = 0  # decode/augment threads (0: all cores)
 
   # ---------------------------------------------------------------- model
   c.model = m = ml_collections.ConfigDict()

@@ -39,7 +39,11 @@ def _train(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from ssdh_jax import train_lib  # noqa: PLC0415  (after flag parsing: keeps --help fast)
 
-  results = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    results = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (FileNotFoundError, ValueError, train_lib.NonFiniteError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   _print_summary(results)
 
 
@@ -78,18 +82,26 @@ def _search(argv) -> None:
     print(json.dumps(row))
 
 
+def _quiet_by_default() -> None:
+  # Orbax logs every save at INFO; keep the console for the progress bar unless --verbosity asks for more.
+  FLAGS.set_default("verbosity", logging.WARNING)
+
+
 def train_main() -> None:
   _define_train_flags()
+  _quiet_by_default()
   app.run(_train)
 
 
 def eval_main() -> None:
   _define_eval_flags()
+  _quiet_by_default()
   app.run(_eval)
 
 
 def search_main() -> None:
   _define_search_flags()
+  _quiet_by_default()
   app.run(_search)
 
 

@@ -58,4 +58,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  FLAGS.set_default("verbosity", -1)  # orbax logs every save at INFO
   app.run(main)

@@ -94,7 +94,9 @@ def validation_map(config: ml_collections.ConfigDict, model: flax.linen.Module, 
   ndb = min(int(config.eval.val_database), len(db.ids))
   rng = np.random.default_rng(config.data.split_seed)
   val = val.subset(np.sort(rng.choice(len(val.ids), nq, replace=False)))
-  db = db.subset(np.sort(rng.choice(len(db.ids), ndb, replace=False)))
+  # Validation images may belong to the protocol's database: keep them out so none retrieves itself.
+  others = np.flatnonzero(~np.isin(db.ids, val.ids))
+  db = db.subset(np.sort(rng.choice(others, min(ndb, len(others)), replace=False)))
   q = encode(config, model, state, val)
   d = encode(config, model, state, db)
   return float(

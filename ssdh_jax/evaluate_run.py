@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from ssdh_jax import checkpoints, evaluate, index, models, optim
-from ssdh_jax.data import splits as splits_lib
+from ssdh_jax.data import pipeline
 
 
 def load_run_config(workdir: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -74,7 +74,7 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, checkpoint: s
 def evaluate_workdir(workdir: str, checkpoint: str = "best", overrides: Sequence[str] = ()) -> dict[str, Any]:
   """Restores a checkpoint, evaluates query vs database, writes the report and the database index."""
   config = load_run_config(workdir, overrides)
-  split_data, meta = splits_lib.load_splits(config, workdir)
+  split_data, meta = pipeline.load_splits(config, workdir)
   model, state, step = restore_state(config, workdir, checkpoint)
   results = evaluate.evaluate_state(config, model, state, split_data, meta, step=step)
   evaluate.write_report(workdir, results, config)

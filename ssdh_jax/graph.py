@@ -92,9 +92,27 @@ def graph_features(outputs: Mapping[str, Array], cfg: Mapping) -> Array:
   return jax.lax.stop_gradient(outputs[key].astype(jnp.float32))
 
 
-def anchor_keys(key: Array, global_rows: Array) -> Array:
-  """Per-anchor keys fold_in(key, global_row): (n,) int -> (n,) keys (batched key array)."""
-  return jax.vmap(lambda r: jax.random.fold_in(key, r))(global_rows)
+def anchor_bits(key: Array, global_rows: Array, num: int) -> Array:
+  """Per-anchor random words: row a gets jax.random.bits(fold_in(key, global_rows[a]), (num,)).
+
+  One threefry call for all of an anchor's choices (each extra random call costs XLA compile time), so an
+  anchor's draws depend only on (key, its global row), never on the shard or batch position computing them.
+
+  Args:
+    key: PRNG key.
+    global_rows: (n,) int global row ids of the anchors.
+    num: words per anchor.
+
+  Returns:
+    (n, num) uint32.
+  """
+  return jax.vmap(lambda r: jax.random.bits(jax.random.fold_in(key, r), (num,), jnp.uint32))(global_rows)
+
+
+def uniform_index(bits: Array, count: Array | int) -> Array:
+  """Uniform integer in [0, count) from uint32 words: bits mod count (bias ≤ count / 2^32). count ≥ 1."""
+  count = jnp.maximum(jnp.asarray(count, jnp.uint32), 1)
+  return (bits % count).astype(jnp.int32)
 
 
 def sorted_neighbours(feats: Array, anchor_ids: Array, row_ids: Array) -> Array:
@@ -120,7 +138,7 @@ def sorted_neighbours(feats: Array, anchor_ids: Array, row_ids: Array) -> Array:
 
 def sample_graph_pairs(
   feats: Array,
-  keys: Array,
+  bits: Array,
   anchor_ids: Array,
   row_ids: Array,
   *,
@@ -133,7 +151,7 @@ def sample_graph_pairs(
 
   Args:
     feats: (N, F) graph features.
-    keys: (n,) per-anchor keys.
+    bits: (n, 2) uint32 per-anchor random words (neighbour, non-neighbour), see `anchor_bits`.
     anchor_ids: (n,) int anchor positions.
     row_ids: (N,) int unique global row ids.
     k_size: see `knn_size`.
@@ -144,30 +162,24 @@ def sample_graph_pairs(
   """
   lo, hi = window
   order = sorted_neighbours(feats, anchor_ids, row_ids)
-
-  def draw(k):
-    kp, kn = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
-    return jax.random.randint(kp, (), 0, k_size), jax.random.randint(kn, (), lo, hi)
-
-  q_pos, q_neg = jax.vmap(draw)(keys)
-  q_pos, q_neg = q_pos.astype(jnp.int32), q_neg.astype(jnp.int32)
+  q_pos = uniform_index(bits[:, 0], k_size)
+  q_neg = lo + uniform_index(bits[:, 1], hi - lo)
   pos = jnp.take_along_axis(order, q_pos[:, None], axis=1)[:, 0]
   neg = jnp.take_along_axis(order, q_neg[:, None], axis=1)[:, 0]
   return {"pos": pos, "neg": neg, "pos_rank": q_pos, "neg_rank": q_neg}
 
 
-def masked_choice(keys: Array, mask: Array, row_ids: Array, num: int = 1) -> tuple[Array, Array]:
-  """For each row of `mask`, `num` independent uniform draws from its True columns.
+def masked_choice(bits: Array, mask: Array, row_ids: Array) -> tuple[Array, Array]:
+  """For each row of `mask`, one uniform draw from its True columns per column of `bits`.
 
   The r-th True column is taken in row-id order (not batch-position order), so with the same key the same
   *row* is chosen however the batch is permuted. Cost O(n·N + n·num·log N): one cumsum, then a binary search
   per draw; no (n, num, N) random tensor.
 
   Args:
-    keys: (n,) per-row keys.
+    bits: (n, num) uint32 random words, one per draw (e.g. num = the triplet tries).
     mask: (n, N) bool candidate sets.
     row_ids: (N,) int unique global ids of the columns.
-    num: draws per row (e.g. the triplet tries).
 
   Returns:
     idx: (n, num) int32 batch positions (arbitrary where the set is empty).
@@ -179,10 +191,8 @@ def masked_choice(keys: Array, mask: Array, row_ids: Array, num: int = 1) -> tup
   cs = jnp.cumsum(mask[:, canon].astype(jnp.int32), axis=1)
   count = cs[:, -1]
 
-  def one(k, c, cnt):
-    r = jax.random.randint(k, (num,), 0, jnp.maximum(cnt, 1))
-    return jnp.searchsorted(c, r, side="right")  # first canonical position whose cumsum exceeds r
-
-  j = jax.vmap(one)(keys, cs, count)
+  r = uniform_index(bits, count[:, None])  # (n, num) rank within the set
+  # First canonical position whose cumsum exceeds r: the r-th True column.
+  j = jax.vmap(lambda c, rr: jnp.searchsorted(c, rr, side="right"))(cs, r)
   idx = canon[jnp.minimum(j, big_n - 1)]
   return idx.astype(jnp.int32), count > 0

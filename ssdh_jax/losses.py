@@ -37,8 +37,12 @@ ReduceCount = Callable[[Array], Array]
 SQRT_GRAD_EPS = 1e-4  # the release's backward: beta = -gamma * (m - dist) / (dist + 1e-4)
 _HIGHEST = jax.lax.Precision.HIGHEST
 
-# Order of the counts in the vector passed to `reduce_count`.
-COUNT_NAMES = ("n_triplets", "n_pl_pairs", "n_labeled", "purity_den")
+# Per loss: the aux entries, in order, that form the vector the loss passes to `reduce_count` (each is this
+# shard's count; stacking their sums over shards gives what lax.psum hands back).
+COUNT_NAMES = {
+  "ssdh": ("n_triplets", "n_pl_pairs", "n_labeled", "n_purity_pairs"),
+  "dpsh": ("n_pairs",),
+}
 
 
 def _identity(x: Array) -> Array:
@@ -129,18 +133,19 @@ def ssdh_sample(
   anchors, rids = _defaults(big_n, anchor_ids, row_ids)
   labeled = jnp.asarray(labeled, bool)
   labels = jax.lax.stop_gradient(jnp.asarray(labels, jnp.float32))
-  keys = graph.anchor_keys(key, rids[anchors])
-  k_graph, k_rank_pos, k_rank_neg, k_pl_pos, k_pl_neg = (
-    jax.vmap(lambda k, s=s: jax.random.fold_in(k, s))(keys) for s in range(5)
-  )
   on = _terms_on(cfg, outputs)
+  tries = max(1, int(cfg.max_tries))
+  # Word layout per anchor: [neighbour, non-neighbour, tries × triplet p, tries × triplet n, pl p, pl n].
+  bits = graph.anchor_bits(key, rids[anchors], 4 + 2 * tries)
+  b_graph, b_rank_pos = bits[:, :2], bits[:, 2 : 2 + tries]
+  b_rank_neg, b_pl = bits[:, 2 + tries : 2 + 2 * tries], bits[:, 2 + 2 * tries :]
   n = anchors.shape[0]
   out = {"anchors": anchors}
 
   # Online graph: one neighbour and one non-neighbour for every anchor (also used for purity diagnostics).
   g = graph.sample_graph_pairs(
     graph.graph_features(outputs, cfg),
-    k_graph,
+    b_graph,
     anchors,
     rids,
     k_size=graph.knn_size(big_n, cfg.knn_k),
@@ -158,9 +163,8 @@ def ssdh_sample(
   if on["rank"]:
     sim = share_label(y_a, labels)
     both = lab_a[:, None] & labeled[None, :]
-    tries = max(1, int(cfg.max_tries))
-    p, p_ok = graph.masked_choice(k_rank_pos, both & sim, rids, tries)
-    q, q_ok = graph.masked_choice(k_rank_neg, both & ~sim, rids, tries)
+    p, p_ok = graph.masked_choice(b_rank_pos, both & sim, rids)
+    q, q_ok = graph.masked_choice(b_rank_neg, both & ~sim, rids)
     pn_share = jnp.any((labels[p] > 0.5) & (labels[q] > 0.5), axis=-1)  # (n, tries)
     ok = (p_ok & q_ok)[:, None] & ~pn_share
     first = jnp.argmax(ok, axis=1)[:, None]
@@ -186,8 +190,8 @@ def ssdh_sample(
     pos = (unl & (top[None, :] == top_a[:, None])) | (labeled[None, :] & has_top & ~has_bot)
     neg = (unl & (top[None, :] == bot_a[:, None])) | (labeled[None, :] & has_bot & ~has_top)
     neg = neg & ~pos  # release: the positive test runs first
-    p, p_ok = graph.masked_choice(k_pl_pos, pos, rids, 1)
-    q, q_ok = graph.masked_choice(k_pl_neg, neg, rids, 1)
+    p, p_ok = graph.masked_choice(b_pl[:, :1], pos, rids)
+    q, q_ok = graph.masked_choice(b_pl[:, 1:], neg, rids)
     out.update(pl_pos=p[:, 0], pl_neg=q[:, 0], pl_valid=~lab_a & p_ok & q_ok)
   else:
     out.update(pl_pos=zeros_i, pl_neg=zeros_i, pl_valid=zeros_b)
@@ -238,7 +242,7 @@ def ssdh_terms(
     d_ap = row_sq_dists(h_a, h[samples["rank_pos"]])
     d_an = row_sq_dists(h_a, h[samples["rank_neg"]])
     hinge = jnp.maximum(jnp.float32(cfg.rank_margin) + d_ap - d_an, 0.0)
-    terms["loss_rank"] = jnp.sum(jnp.where(rank_valid, hinge, 0.0)) / (2.0 * n_trip)
+    terms["loss_rank"] = jnp.sum(jnp.where(rank_valid, hinge, 0.0)) / n_trip
   if on["emb"]:
     f = contrastive(h_a, h[samples["emb_pos"]], h[samples["emb_neg"]], cfg.margin)
     terms["loss_emb"] = lam * jnp.sum(f) / (2.0 * big_n)
@@ -256,6 +260,7 @@ def ssdh_terms(
     n_triplets=counts[0],
     n_pl_pairs=counts[1],
     n_labeled=counts[2],
+    n_purity_pairs=counts[3],
     graph_purity=f32(jnp.sum(pur_hit)) / n_pur,
   )
   return loss, aux
@@ -284,15 +289,17 @@ def ssdh_loss(
     cfg: config.loss (fields: variant, graph_feature, knn_k, neg_window, window_ref_n, lam, margin,
       rank_margin, max_tries, use_rank, use_emb, use_pl, use_cls).
     anchor_ids: (n,) int32 rows whose per-anchor terms this call computes (default: all N).
-    reduce_count: sums a (4,) float32 vector of counts (COUNT_NAMES) over shards; called exactly once.
+    reduce_count: sums a (4,) float32 vector of counts over shards (lax.psum); called exactly once, with
+      aux[name] for name in COUNT_NAMES['ssdh'].
     row_ids: (N,) int unique global row ids for fold_in / tie-breaks (default arange(N)); permuting the batch
       together with row_ids leaves every choice, hence the loss, unchanged.
 
   Returns:
     loss: scalar float32 partial.
     aux: scalar float32 partials: 'loss_rank', 'loss_emb', 'loss_pl', 'loss_cls' (term values, weights
-      included), 'n_triplets', 'n_pl_pairs', 'n_labeled' (this shard's counts), 'graph_purity' (this shard's
-      share of the fraction of sampled neighbours p(i) != i that share a label, among labeled pairs).
+      included), 'n_triplets', 'n_pl_pairs', 'n_labeled', 'n_purity_pairs' (this shard's counts),
+      'graph_purity' (this shard's share of the fraction of sampled neighbours p(i) != i that share a label,
+      among anchors i with both i and p(i) labeled).
   """
   samples = ssdh_sample(outputs, labels, labeled, key, cfg, anchor_ids=anchor_ids, row_ids=row_ids)
   return ssdh_terms(outputs, labels, labeled, samples, cfg, reduce_count=reduce_count)

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -30,7 +31,6 @@ from jax.sharding import PartitionSpec as P
 
 from ssdh_jax import checkpoints, evaluate, losses, models, optim, preprocessing
 from ssdh_jax.data import pipeline
-from ssdh_jax.data import splits as splits_lib
 
 PyTree = Any
 AXIS = "data"
@@ -313,19 +313,24 @@ def train_and_evaluate(
   if config.train.distributed:
     jax.distributed.initialize()
   is_main = jax.process_index() == 0
+  created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
-  devices = _local_devices(config)
   mode = config.train.parallel
-
-  splits, meta = splits_lib.load_splits(config, workdir)
+  try:
+    # Bad input (missing files, corrupt images, wrong label widths, bad config) fails here, before training.
+    devices = _local_devices(config)
+    splits, meta = pipeline.load_splits(config, workdir)
+    model, tx, schedule, step_fn = build_training(config, devices)
+    state = create_train_state(config, model, tx, jax.random.PRNGKey(config.seed))
+  except BaseException:
+    if created and is_main:  # leave nothing half-written behind
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     with open(os.path.join(workdir, "run_meta.json"), "w") as f:
       json.dump(meta, f, indent=2, default=str)
-
-  model, tx, schedule, step_fn = build_training(config, devices)
-  state = create_train_state(config, model, tx, jax.random.PRNGKey(config.seed))
   ckpt = checkpoints.Checkpointer(workdir, config.train.keep_checkpoints, config.train.async_checkpoint)
   state, start = ckpt.restore_latest(state)
   if start:

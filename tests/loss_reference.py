@@ -143,7 +143,9 @@ def ssdh_reference(h, logits, labels, labeled, samples, cfg):
           grad[q, t] -= beta * (h[a, t] - h[q, t])
     return lam * loss / (2 * weight_count) if weight_count else 0.0
 
-  emb = [(int(a), int(samples["emb_pos"][t]), int(samples["emb_neg"][t])) for t, a in enumerate(samples["anchors"])]
+  emb = [
+    (int(a), int(samples["emb_pos"][t]), int(samples["emb_neg"][t])) for t, a in enumerate(samples["anchors"])
+  ]
   out["loss_emb"] = pair_term(emb, n) if cfg.use_emb else 0.0
 
   pl = [
@@ -187,11 +189,11 @@ def ssdh_value(h, logits, labels, labeled, samples, cfg) -> float:
   return ssdh_reference(h, logits, labels, labeled, samples, cfg)["loss"]
 
 
-def numeric_grad(f, x, eps=1e-6):
-  """Central differences of scalar f at float64 array x."""
+def numeric_grad(f, x, indices=None, eps=1e-6):
+  """Central differences of scalar f at float64 array x (at `indices`, default every entry; others are 0)."""
   x = np.array(x, np.float64)
   g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
+  for idx in np.ndindex(x.shape) if indices is None else indices:
     old = x[idx]
     x[idx] = old + eps
     fp = f(x)
@@ -225,4 +227,9 @@ def dpsh_reference(u, labels, labeled, eta):
       b = 1.0 if u[i, t] > 0 else (-1.0 if u[i, t] < 0 else 0.0)
       quant += (u[i, t] - b) ** 2
       g[i, t] += eta * 2 * (u[i, t] - b) / n
-  return {"loss_pair": pair_loss, "loss_quant": eta * quant / n, "loss": pair_loss + eta * quant / n, "grad": g}
+  return {
+    "loss_pair": pair_loss,
+    "loss_quant": eta * quant / n,
+    "loss": pair_loss + eta * quant / n,
+    "grad": g,
+  }

@@ -8,7 +8,10 @@ from ssdh_jax import optim
 
 def _params():
   return {
-    "backbone": {"conv": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.ones((2,))}, "bn": {"scale": jnp.ones(2)}},
+    "backbone": {
+      "conv": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.ones((2,))},
+      "bn": {"scale": jnp.ones(2)},
+    },
     "hash": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones((3,))},
   }
 
@@ -16,7 +19,9 @@ def _params():
 def test_weight_decay_only_on_kernels():
   mask = optim.weight_decay_mask(_params())
   assert mask["backbone"]["conv"]["kernel"] and mask["hash"]["kernel"]
-  assert not mask["backbone"]["conv"]["bias"] and not mask["hash"]["bias"] and not mask["backbone"]["bn"]["scale"]
+  assert (
+    not mask["backbone"]["conv"]["bias"] and not mask["hash"]["bias"] and not mask["backbone"]["bn"]["scale"]
+  )
 
 
 def test_sgd_update_matches_caffe_rule():
@@ -25,8 +30,15 @@ def test_sgd_update_matches_caffe_rule():
   cfg.schedule = "constant"
   params = _params()
   tx, _ = optim.make_optimizer(cfg, params, 100)
-  grads = {k: {kk: {n: jnp.full_like(v, 0.5) for n, v in vv.items()} if isinstance(vv, dict) else jnp.full_like(vv, 0.5)
-               for kk, vv in d.items()} for k, d in params.items()}
+  grads = {
+    k: {
+      kk: {n: jnp.full_like(v, 0.5) for n, v in vv.items()}
+      if isinstance(vv, dict)
+      else jnp.full_like(vv, 0.5)
+      for kk, vv in d.items()
+    }
+    for k, d in params.items()
+  }
   state = tx.init(params)
   upd, state = tx.update(grads, state, params)
   # Caffe: v = lr * mult * (g + wd * w) on the first step (zero momentum buffer).
@@ -43,7 +55,11 @@ def test_schedules():
   cfg = default.get_config().optim
   cfg.lr, cfg.step_every, cfg.step_gamma = 1.0, 10, 0.1
   s = optim.learning_rate_schedule(cfg, 100)
-  assert float(s(9)) == pytest.approx(1.0) and float(s(10)) == pytest.approx(0.1) and float(s(25)) == pytest.approx(0.01)
+  assert (
+    float(s(9)) == pytest.approx(1.0)
+    and float(s(10)) == pytest.approx(0.1)
+    and float(s(25)) == pytest.approx(0.01)
+  )
   cfg.schedule, cfg.warmup_steps = "cosine", 10
   s = optim.learning_rate_schedule(cfg, 100)
   assert float(s(0)) == 0.0 and float(s(10)) == pytest.approx(1.0) and float(s(100)) < 1e-3

@@ -79,7 +79,9 @@ emit({{
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,variant", [("pmap", "multi_label"), ("shard_map", "multi_label"), ("pmap", "single_label")])
+@pytest.mark.parametrize(
+  "mode,variant", [("pmap", "multi_label"), ("shard_map", "multi_label"), ("pmap", "single_label")]
+)
 def test_one_vs_eight_devices_same_training(mode, variant):
   r = testing.run_with_devices(EQUIVALENCE_BODY.format(mode=mode, variant=variant), 8, timeout=900)
   np.testing.assert_allclose(r["loss1"], r["loss8"], rtol=2e-5, atol=1e-6)
@@ -126,7 +128,10 @@ def test_kill_and_resume_is_exact(tmp_path):
   a, sa = _final_params(tmp_path / "straight", c)
   b, sb = _final_params(tmp_path / "resumed", c)
   assert sa == sb == 6
-  for x, y in zip(jax.tree.leaves((a.params, a.opt_state, a.batch_stats)), jax.tree.leaves((b.params, b.opt_state, b.batch_stats))):
+  for x, y in zip(
+    jax.tree.leaves((a.params, a.opt_state, a.batch_stats)),
+    jax.tree.leaves((b.params, b.opt_state, b.batch_stats)),
+  ):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

@@ -22,7 +22,14 @@ from ssdh_jax.models.vgg_f import VGGF
 BACKBONES = ("vgg_f", "alexnet", "vgg16", "vgg19", "mobilenet_v2", "small_cnn")
 
 # Nominal input size (after crop) and feature width F of each backbone.
-DEFAULT_IMAGE_SIZE = {"vgg_f": 224, "alexnet": 224, "vgg16": 224, "vgg19": 224, "mobilenet_v2": 224, "small_cnn": 32}
+DEFAULT_IMAGE_SIZE = {
+  "vgg_f": 224,
+  "alexnet": 224,
+  "vgg16": 224,
+  "vgg19": 224,
+  "mobilenet_v2": 224,
+  "small_cnn": 32,
+}
 FEATURE_DIM = {"vgg_f": 4096, "alexnet": 4096, "vgg16": 4096, "vgg19": 4096, "mobilenet_v2": 1280}
 
 # Backbones that carry BatchNorm state (apply with mutable=['batch_stats'] when train=True).
@@ -105,12 +112,12 @@ __all__ = [
   "DEFAULT_IMAGE_SIZE",
   "FEATURE_DIM",
   "HAS_BATCH_NORM",
+  "VGG",
+  "VGGF",
   "AlexNet",
   "HashingModel",
   "MobileNetV2",
   "SmallCNN",
-  "VGG",
-  "VGGF",
   "build_backbone",
   "build_model",
   "init_variables",

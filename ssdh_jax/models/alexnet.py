@@ -75,7 +75,7 @@ class AlexNet(nn.Module):
         name=name,
       )
 
-    pool = lambda y: nn.max_pool(y, (3, 3), (2, 2))  # noqa: E731  (torch default: floor rounding)
+    pool = lambda y: nn.max_pool(y, (3, 3), (2, 2))  # torch rounds pooling sizes down (VALID)
     x = x.astype(self.dtype)
     x = pool(nn.relu(conv(64, 11, 4, 2, "conv1")(x)))
     x = pool(nn.relu(conv(192, 5, 1, 2, "conv2")(x)))
@@ -84,7 +84,7 @@ class AlexNet(nn.Module):
     x = pool(nn.relu(conv(256, 3, 1, 1, "conv5")(x)))
     x = adaptive_avg_pool(x, 6)
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order; weights.py permutes torch's (C, H, W) fc6 columns
-    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     x = nn.relu(dense(4096, "fc6")(nn.Dropout(self.dropout, deterministic=not train)(x)))
     x = nn.relu(dense(4096, "fc7")(nn.Dropout(self.dropout, deterministic=not train)(x)))
     if self.num_classes:

@@ -20,7 +20,15 @@ import jax.numpy as jnp
 Array = jax.Array
 
 # (expand ratio t, output channels c, repeats n, first stride s), torchvision's inverted_residual_setting.
-SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+SETTINGS = (
+  (1, 16, 1, 1),
+  (6, 24, 2, 2),
+  (6, 32, 3, 2),
+  (6, 64, 4, 2),
+  (6, 96, 3, 1),
+  (6, 160, 3, 2),
+  (6, 320, 1, 1),
+)
 STEM_CHANNELS = 32
 LAST_CHANNELS = 1280
 
@@ -90,7 +98,7 @@ class InvertedResidual(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     kw = dict(axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
-    hidden = int(round(self.cin * self.expand_ratio))
+    hidden = round(self.cin * self.expand_ratio)
     y = x
     if self.expand_ratio != 1:
       y = ConvBNAct(hidden, kernel=1, name="expand", **kw)(y, train)

