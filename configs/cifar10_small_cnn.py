@@ -10,7 +10,9 @@ from configs import default
 def get_config(config_string: str | None = None):
   c = default.get_config()
   c.data.source = "folder"
-  c.data.manual_dir = ""  # a folder with train/<class>/*.jpg and test/<class>/*.jpg (the shared archive unpacked)
+  c.data.manual_dir = (
+    ""  # a folder with train/<class>/*.jpg and test/<class>/*.jpg (the shared archive unpacked)
+  )
   c.data.protocol = "cifar10"
   c.data.num_classes = 10
   c.data.image_size = 32

@@ -17,7 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   d.tfds_name = "cifar10"  # for source=tfds: a tfds catalogue name
   d.data_dir = ""  # tfds data_dir (empty: tfds default)
   d.manual_dir = ""  # folder/list sources: root of the images (and list files)
-  d.protocol = "digits"  # digits | cifar10 | cifar10-1 | cifar10-2 | nuswide-21 | mirflickr-25k | imagenet-100 | coco
+  d.protocol = (
+    "digits"  # digits | cifar10 | cifar10-1 | cifar10-2 | nuswide-21 | mirflickr-25k | imagenet-100 | coco
+  )
   d.split_seed = 0
   d.split_dir = ""  # where split files are written/read (empty: <workdir>/splits)
   d.num_classes = 10
@@ -51,22 +53,22 @@ def get_config() -> ml_collections.ConfigDict:
   m.preprocess = "unit"  # caffe_bgr | imagenet | unit
 
   # ---------------------------------------------------------------- loss
-  c.loss = l = ml_collections.ConfigDict()
-  l.name = "ssdh"  # ssdh | dpsh
-  l.variant = "multi_label"  # multi_label (release) | single_label (farthest-third negatives, no pl/cls)
-  l.graph_feature = "codes"  # codes (release: detached hash outputs) | features (fc7)
-  l.knn_k = 8  # neighbour drawn from the first min(knn_k, N/3) sorted positions
-  l.neg_window = (114, 124)  # non-neighbour window at window_ref_n (release: (120, 124) for 12 bits)
-  l.window_ref_n = 128  # the window scales linearly with the global batch size
-  l.lam = 0.1  # weight of the graph-embedding and pseudo-label terms
-  l.margin = 3.0  # contrastive margin m (release: 2.5 for 12 bits)
-  l.rank_margin = 1.0  # triplet margin
-  l.max_tries = 10  # tries to find a negative sharing no label with the positive
-  l.use_rank = True
-  l.use_emb = True
-  l.use_pl = True
-  l.use_cls = True
-  l.dpsh_eta = 0.1  # DPSH quantisation weight (loss.name=dpsh only)
+  c.loss = ls = ml_collections.ConfigDict()
+  ls.name = "ssdh"  # ssdh | dpsh
+  ls.variant = "multi_label"  # multi_label (release) | single_label (farthest-third negatives, no pl/cls)
+  ls.graph_feature = "codes"  # codes (release: detached hash outputs) | features (fc7)
+  ls.knn_k = 8  # neighbour drawn from the first min(knn_k, N/3) sorted positions
+  ls.neg_window = (114, 124)  # non-neighbour window at window_ref_n (release: (120, 124) for 12 bits)
+  ls.window_ref_n = 128  # the window scales linearly with the global batch size
+  ls.lam = 0.1  # weight of the graph-embedding and pseudo-label terms
+  ls.margin = 3.0  # contrastive margin m (release: 2.5 for 12 bits)
+  ls.rank_margin = 1.0  # triplet margin
+  ls.max_tries = 10  # tries to find a negative sharing no label with the positive
+  ls.use_rank = True
+  ls.use_emb = True
+  ls.use_pl = True
+  ls.use_cls = True
+  ls.dpsh_eta = 0.1  # DPSH quantisation weight (loss.name=dpsh only)
 
   # ---------------------------------------------------------------- optimiser
   c.optim = o = ml_collections.ConfigDict()
@@ -129,4 +131,6 @@ def parse_bits(config_string: str | None, default: int) -> int:
   try:
     return int(config_string)
   except ValueError:
-    raise ValueError(f"config string {config_string!r}: expected a code length such as 12, 24, 32 or 48") from None
+    raise ValueError(
+      f"config string {config_string!r}: expected a code length such as 12, 24, 32 or 48"
+    ) from None

@@ -63,9 +63,13 @@ class Checkpointer:
     for step in sorted(steps, reverse=True):
       try:
         return manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
-      except Exception as e:  # noqa: BLE001  (any unreadable checkpoint: fall back to an older one)
-        logging.warning("checkpoint at step %d in %s cannot be restored (%s); trying an older one", step,
-                        manager.directory, e)
+      except Exception as e:
+        logging.warning(
+          "checkpoint at step %d in %s cannot be restored (%s); trying an older one",
+          step,
+          manager.directory,
+          e,
+        )
     return target, 0
 
   def restore_latest(self, target: PyTree) -> tuple[PyTree, int]:

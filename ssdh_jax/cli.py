@@ -13,7 +13,9 @@ FLAGS = flags.FLAGS
 
 
 def _define_train_flags() -> None:
-  config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py).", lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", None, "Training configuration file (configs/*.py).", lock_config=True
+  )
   flags.DEFINE_string("workdir", None, "Run directory (resumed when it holds checkpoints).")
   flags.mark_flags_as_required(["config", "workdir"])
 
@@ -27,7 +29,9 @@ def _define_eval_flags() -> None:
 
 def _define_search_flags() -> None:
   flags.DEFINE_string("index", None, "Index file written by `ssdh-eval --write_index` (.npz).")
-  flags.DEFINE_string("workdir", None, "Run directory of the model that made the index (for encoding images).")
+  flags.DEFINE_string(
+    "workdir", None, "Run directory of the model that made the index (for encoding images)."
+  )
   flags.DEFINE_multi_string("image", [], "Query image path(s).")
   flags.DEFINE_integer("k", 10, "Number of neighbours to print.")
   flags.DEFINE_integer("radius", -1, "If >= 0, print every item within this Hamming radius instead of top-k.")
@@ -37,7 +41,7 @@ def _define_search_flags() -> None:
 def _train(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from ssdh_jax import train_lib  # noqa: PLC0415  (after flag parsing: keeps --help fast)
+  from ssdh_jax import train_lib
 
   try:
     results = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -48,7 +52,7 @@ def _train(argv) -> None:
 
 
 def _print_summary(results) -> None:
-  from ssdh_jax import evaluate  # noqa: PLC0415
+  from ssdh_jax import evaluate
 
   if "metrics" in results:
     print(evaluate.markdown_table([results]))
@@ -57,7 +61,7 @@ def _print_summary(results) -> None:
 def _eval(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from ssdh_jax import evaluate_run  # noqa: PLC0415
+  from ssdh_jax import evaluate_run
 
   try:
     results = evaluate_run.evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.override)
@@ -71,7 +75,7 @@ def _eval(argv) -> None:
 def _search(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from ssdh_jax import evaluate_run  # noqa: PLC0415
+  from ssdh_jax import evaluate_run
 
   try:
     rows = evaluate_run.search_images(FLAGS.workdir, FLAGS.index, FLAGS.image, FLAGS.k, FLAGS.radius)

@@ -16,12 +16,14 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "workdir/demo", "Where the runs, reports and plots go.")
 flags.DEFINE_list("bits", ["16", "32"], "Code lengths to train.")
 flags.DEFINE_integer("steps", 0, "Override train.num_steps (0: the config's).")
-flags.DEFINE_bool("compare_supervised", True, "Also train the supervised-only ablation (labeled images, lambda=0).")
+flags.DEFINE_bool(
+  "compare_supervised", True, "Also train the supervised-only ablation (labeled images, lambda=0)."
+)
 
 
 def run(workdir: str, bits: list[int], steps: int = 0, compare_supervised: bool = True) -> list[dict]:
-  from configs import digits_demo  # noqa: PLC0415
-  from ssdh_jax import evaluate, train_lib  # noqa: PLC0415
+  from configs import digits_demo
+  from ssdh_jax import evaluate, train_lib
 
   rows = []
   for b in bits:
@@ -47,7 +49,9 @@ def run(workdir: str, bits: list[int], steps: int = 0, compare_supervised: bool 
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write("# ssdh_jax demo: protocol digits (sklearn), small_cnn\n\n" + table)
   print("\n" + table)
-  print(f"Reports and plots: {workdir}/*/metrics.json, results.md, eval_curves.png; summary: {workdir}/summary.md")
+  print(
+    f"Reports and plots: {workdir}/*/metrics.json, results.md, eval_curves.png; summary: {workdir}/summary.md"
+  )
   return rows
 
 

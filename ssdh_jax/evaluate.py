@@ -86,7 +86,9 @@ def encode(
   return out
 
 
-def validation_map(config: ml_collections.ConfigDict, model: flax.linen.Module, state, splits: Mapping) -> float:
+def validation_map(
+  config: ml_collections.ConfigDict, model: flax.linen.Module, state, splits: Mapping
+) -> float:
   """mAP@R of validation queries against a fixed database sample: the model-selection signal (never queries)."""
   val = splits["validation"]
   db = splits["database"]
@@ -196,10 +198,10 @@ def markdown_table(rows: list[Mapping[str, Any]]) -> str:
 
 def write_plots(path_prefix: str, results: Mapping[str, Any]) -> list[str]:
   """PR curves (by rank and by Hamming radius), precision@K and the bit-balance histogram as PNGs."""
-  import matplotlib  # noqa: PLC0415
+  import matplotlib
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  import matplotlib.pyplot as plt
 
   m = results["metrics"]
   k = results["key"]
@@ -227,7 +229,9 @@ def write_plots(path_prefix: str, results: Mapping[str, Any]) -> list[str]:
   return [path]
 
 
-def write_report(workdir: str, results: Mapping[str, Any], config: ml_collections.ConfigDict) -> dict[str, str]:
+def write_report(
+  workdir: str, results: Mapping[str, Any], config: ml_collections.ConfigDict
+) -> dict[str, str]:
   """Writes metrics.json, the Markdown table and PNG plots into `workdir` (atomically for the JSON)."""
   del config
   os.makedirs(workdir, exist_ok=True)

@@ -46,10 +46,12 @@ def load_run_config(workdir: str, overrides: Sequence[str] = ()) -> ml_collectio
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best"):
   """(model, host TrainState, step) restored from the run's checkpoints."""
-  from ssdh_jax import train_lib  # noqa: PLC0415  (train_lib imports this module's siblings)
+  from ssdh_jax import train_lib
 
   model = models.build_model(config.model)
-  abstract = jax.eval_shape(lambda k: models.init_variables(model, k, config.data.image_size), jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(
+    lambda k: models.init_variables(model, k, config.data.image_size), jax.random.PRNGKey(0)
+  )
   tx, _ = optim.make_optimizer(config.optim, abstract["params"], config.train.num_steps)
   with config.unlocked():
     pretrained, config.model.pretrained = config.model.pretrained, ""  # the checkpoint holds every weight
@@ -101,9 +103,9 @@ def evaluate_workdir(workdir: str, checkpoint: str = "best", overrides: Sequence
 
 def search_images(workdir: str, index_path: str, images: Sequence[str], k: int, radius: int) -> list[dict]:
   """Encodes image files with the run's best model and searches the index (top-k, or a Hamming ball)."""
-  from PIL import Image  # noqa: PLC0415
+  from PIL import Image
 
-  from ssdh_jax.data import pipeline  # noqa: PLC0415
+  from ssdh_jax.data import pipeline
 
   config = load_run_config(workdir)
   idx = index.load_index(index_path, bits=int(config.model.bits))
@@ -117,8 +119,10 @@ def search_images(workdir: str, index_path: str, images: Sequence[str], k: int, 
   model, state, _ = restore_state(config, workdir)
   batch = pipeline.eval_images(arrays, config)
   enc = evaluate.make_encoder(model, config.model.preprocess)
-  codes, _ = enc({"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}, batch)
-  from ssdh_jax import hashing  # noqa: PLC0415
+  codes, _ = enc(
+    {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}, batch
+  )
+  from ssdh_jax import hashing
 
   packed = np.asarray(hashing.pack_bits(codes))
   if radius >= 0:

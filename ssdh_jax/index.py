@@ -29,6 +29,7 @@ from jax.typing import ArrayLike
 from ssdh_jax import metrics
 
 FORMAT = "ssdh_jax.index"
+_MAX_UNROLLED_BLOCKS = 16  # search loops over more database blocks than this with lax.map (slower, small HLO)
 FORMAT_VERSION = 1
 _REQUIRED_META = ("bits", "backbone", "preprocessing", "split_hash")
 
@@ -159,32 +160,41 @@ def _query_words(index: CodeIndex, query_codes: ArrayLike) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("k", "block", "chunk"))
-def _knn_device(q_words: Array, db_words: Array, n_valid: Array, *, k: int, block: int, chunk: int):
-  """Top-k by (distance, position) over a database padded to whole blocks of `block` items."""
-  n_blocks = db_words.shape[0] // block
+def _knn_device(q_words: Array, db_words: Array, *, k: int, block: int, chunk: int) -> tuple[Array, Array]:
+  """Top-k by (distance, position): per-block top-k's (lax.map over whole blocks, then the tail), merged."""
+  n = db_words.shape[0]
+  n_blocks, tail = divmod(n, block)
   max_dist = 32 * q_words.shape[1]
-  pad_dist = max_dist + 1  # given to padding items: larger than any real distance
-  blocks = db_words.reshape(n_blocks, block, db_words.shape[1])
 
   def per_chunk(qw):
-    if n_blocks == 1:
+    if n_blocks == 1 and tail == 0:
       return metrics._stable_prefix(metrics._hamming(qw, db_words), k, max_dist)
-
-    def scan_block(carry, b):
-      best_i, best_d = carry
-      dist = metrics._hamming(qw, blocks[b])
-      pos = b * block + lax.broadcasted_iota(jnp.int32, dist.shape, 1)
-      dist = jnp.where(pos < n_valid, dist, pad_dist)
-      idx, d = metrics._stable_prefix(dist, k, pad_dist)
-      # The running best comes from earlier blocks (smaller positions) and goes first, so the stable top_k
-      # of the concatenation keeps the (distance, position) order.
-      cat_d = jnp.concatenate([best_d, d], axis=1)
-      cat_i = jnp.concatenate([best_i, idx + b * block], axis=1)
-      _, sel = lax.top_k(-cat_d.astype(jnp.float32), k)
-      return (jnp.take_along_axis(cat_i, sel, 1), jnp.take_along_axis(cat_d, sel, 1)), None
-
-    init = (jnp.zeros((qw.shape[0], k), jnp.int32), jnp.full((qw.shape[0], k), pad_dist, jnp.int32))
-    return lax.scan(scan_block, init, jnp.arange(n_blocks))[0]
+    parts_i, parts_d = [], []
+    if 0 < n_blocks <= _MAX_UNROLLED_BLOCKS:
+      # Static slices: XLA CPU runs these several times faster than a loop over a dynamic block index.
+      for b in range(n_blocks):
+        idx, d = metrics._stable_prefix(
+          metrics._hamming(qw, db_words[b * block : (b + 1) * block]), k, max_dist
+        )
+        parts_i.append(idx + b * block)
+        parts_d.append(d)
+    elif n_blocks:
+      blocks = db_words[: n_blocks * block].reshape(n_blocks, block, db_words.shape[1])
+      idx, d = lax.map(lambda blk: metrics._stable_prefix(metrics._hamming(qw, blk), k, max_dist), blocks)
+      idx = idx + (jnp.arange(n_blocks, dtype=jnp.int32) * block)[:, None, None]
+      parts_i.append(jnp.transpose(idx, (1, 0, 2)).reshape(qw.shape[0], -1))
+      parts_d.append(jnp.transpose(d, (1, 0, 2)).reshape(qw.shape[0], -1))
+    if tail:
+      idx, d = metrics._stable_prefix(
+        metrics._hamming(qw, db_words[n_blocks * block :]), min(k, tail), max_dist
+      )
+      parts_i.append(idx + n_blocks * block)
+      parts_d.append(d)
+    # Candidates are laid out block by block, each block's in (distance, position) order, so among equal
+    # distances an earlier slot is a smaller position and one stable top_k gives the global order.
+    cat_i, cat_d = jnp.concatenate(parts_i, axis=1), jnp.concatenate(parts_d, axis=1)
+    _, sel = lax.top_k(-cat_d.astype(jnp.float32), k)
+    return jnp.take_along_axis(cat_i, sel, axis=1), jnp.take_along_axis(cat_d, sel, axis=1)
 
   return metrics._map_queries(per_chunk, (q_words,), chunk)
 
@@ -196,7 +206,7 @@ def knn(
   *,
   bits: int,
   query_chunk: int = 256,
-  db_block: int = 1 << 20,
+  db_block: int = 1 << 22,
 ) -> tuple[Array, Array]:
   """Exact Hamming top-k on device, chunked over queries and over database blocks.
 
@@ -205,7 +215,8 @@ def knn(
     query_codes: (Q, W) packed uint32 or (Q, bits) bool.
     k: neighbours per query (clipped to N).
     bits: code length.
-    query_chunk: queries per step (capped so that chunk x block <= 2^26).
+    query_chunk: queries per step (capped so that chunk x db_block stays within the memory bound of
+      `metrics`).
     db_block: database items per step (a database up to this size is searched in one step).
 
   Returns:
@@ -217,18 +228,13 @@ def knn(
   if n == 0:
     raise ValueError("empty index")
   k = max(1, min(int(k), n))
-  block = n if n <= db_block else int(db_block)
-  if block < k:
-    block = k
-  n_blocks = -(-n // block)
-  if n_blocks > 1:
-    dw = jnp.pad(dw, ((0, n_blocks * block - n), (0, 0)))
-  chunk = metrics._chunk_size(query_chunk, qw.shape[0], block)
-  return _knn_device(qw, dw, jnp.int32(n), k=k, block=block, chunk=chunk)
+  block = max(k, n if n <= db_block else int(db_block))
+  chunk = metrics._chunk_size(query_chunk, qw.shape[0], block, dw)
+  return _knn_device(qw, dw, k=k, block=block, chunk=chunk)
 
 
 def search(
-  index: CodeIndex, query_codes: ArrayLike, k: int, *, query_chunk: int = 256, db_block: int = 1 << 20
+  index: CodeIndex, query_codes: ArrayLike, k: int, *, query_chunk: int = 256, db_block: int = 1 << 22
 ) -> tuple[np.ndarray, np.ndarray]:
   """The k nearest indexed items of every query.
 
@@ -277,7 +283,7 @@ def range_search(
   qw = _query_words(index, query_codes)
   dw = jnp.asarray(index.codes)
   n = dw.shape[0]
-  chunk = metrics._chunk_size(query_chunk, qw.shape[0], n)
+  chunk = metrics._chunk_size(query_chunk, qw.shape[0], n, dw)
   sizes = np.asarray(_ball_sizes(qw, dw, jnp.int32(radius), chunk=chunk))
   largest = int(sizes.max(initial=0))
   if largest == 0:

@@ -242,7 +242,7 @@ def ssdh_terms(
     d_ap = row_sq_dists(h_a, h[samples["rank_pos"]])
     d_an = row_sq_dists(h_a, h[samples["rank_neg"]])
     hinge = jnp.maximum(jnp.float32(cfg.rank_margin) + d_ap - d_an, 0.0)
-    terms["loss_rank"] = jnp.sum(jnp.where(rank_valid, hinge, 0.0)) / n_trip
+    terms["loss_rank"] = jnp.sum(jnp.where(rank_valid, hinge, 0.0)) / (2.0 * n_trip)
   if on["emb"]:
     f = contrastive(h_a, h[samples["emb_pos"]], h[samples["emb_neg"]], cfg.margin)
     terms["loss_emb"] = lam * jnp.sum(f) / (2.0 * big_n)

@@ -2,14 +2,16 @@
 
 Every device computation is a jitted function that loops over chunks of queries with `lax.map`. Two exact
 methods give identical numbers:
-  * 'counting' (default on CPU): two scans over the database items with all queries of a chunk vectorised:
-    per-distance histograms, then each item's stable rank as a per-distance running offset (a counting sort
-    that is never materialised). O(D) per query, O(chunk x k) memory.
-  * 'sort' (default on accelerators): per chunk of queries, the (chunk, D) distances are ranked by a stable
-    top_k / single-key sort (a two-stage strided top_k for short prefixes). Memory O(query_chunk x D), the
-    chunk capped so that query_chunk x D stays below 2^26 elements.
+  * 'counting' (default on CPU unless the metrics only need the first D/64 ranks): two scans over the database
+    items with the queries of a chunk vectorised: per-distance histograms, then each item's stable rank as a
+    per-distance running offset (a counting sort that is never materialised). O(D) per query, O(chunk x k)
+    memory.
+  * 'sort' (default on accelerators, and on CPU for short prefixes such as mAP@1000 of ImageNet-100): per chunk
+    of queries, the (chunk, D) distances are ranked by a stable top_k / single-key sort (a two-stage strided
+    top_k for short prefixes). Memory O(query_chunk x D), the chunk capped so that query_chunk x D stays
+    below 2^26 elements on CPU, 2^28 on accelerators.
 
-Conventions (../docs/protocols.md; each one explicit, the default named):
+Conventions (the project's protocols.md; each one explicit, the default named):
   * Codes: packed uint32 words (N, ceil(k/32)) in the layout of `hashing.pack_bits` (bit j of a code in word
     j // 32 at bit position j % 32); (N, k) bool codes are packed on the fly. Padding bits are ignored.
   * Relevance: a database item is relevant to a query when they share at least one label (multi-hot entries
@@ -42,8 +44,9 @@ from jax import Array, lax
 from jax.typing import ArrayLike
 
 # query_chunk x D is kept below this many elements: the (chunk, D) distance, relevance and sort buffers are
-# a few bytes each per element, so one chunk stays well under 1 GiB.
+# a few bytes each per element, so one chunk stays well under 1 GiB on CPU (4 GiB on an accelerator).
 _MAX_CHUNK_ELEMS = 1 << 26
+_MAX_CHUNK_ELEMS_ACCEL = 1 << 28
 # A prefix of length L is ranked with lax.top_k (stable: lower index first on ties) while L <= D / this;
 # longer prefixes use one full sort, which XLA does faster than a top_k that long.
 _TOPK_FRACTION = 4
@@ -105,8 +108,8 @@ def _label_words(q_labels: ArrayLike, db_labels: ArrayLike) -> tuple[Array, Arra
     n_cls = int(max(q.max(initial=0), d.max(initial=0))) + 1
     q = np.eye(n_cls, dtype=bool)[q.astype(np.int64)]
     d = np.eye(n_cls, dtype=bool)[d.astype(np.int64)]
-  if q.ndim != 2 or d.ndim != 2 or q.shape[1] != d.shape[1]:
-    raise ValueError(f"labels must be (Q, C) and (D, C) multi-hot; got {q.shape} and {d.shape}")
+  if q.ndim != 2 or d.ndim != 2 or q.shape[1] != d.shape[1] or q.shape[1] == 0:
+    raise ValueError(f"labels must be (Q, C) and (D, C) multi-hot with C >= 1; got {q.shape} and {d.shape}")
 
   def pack(y: np.ndarray) -> Array:
     by = np.packbits(y > 0, axis=1, bitorder="little")
@@ -130,9 +133,17 @@ def _check_inputs(q_codes, db_codes, q_labels, db_labels, bits):
   return qw, dw, ql, dl
 
 
-def _chunk_size(query_chunk: int, num_queries: int, num_db: int) -> int:
-  cap = max(1, _MAX_CHUNK_ELEMS // max(num_db, 1))
-  return int(max(1, min(query_chunk, cap, max(num_queries, 1))))
+def _balanced(num_queries: int, cap: int) -> int:
+  """Largest chunk <= cap that splits the queries into equal chunks (the last one is padded)."""
+  n_chunks = -(-max(num_queries, 1) // max(cap, 1))
+  return int(-(-max(num_queries, 1) // n_chunks))
+
+
+def _chunk_size(query_chunk: int, num_queries: int, num_db: int, x: Array | None = None) -> int:
+  """Queries per step of the sort method: query_chunk, capped by memory (x: an array on the target device)."""
+  accel = x is not None and next(iter(x.devices())).platform != "cpu"
+  cap = _MAX_CHUNK_ELEMS_ACCEL if accel else _MAX_CHUNK_ELEMS
+  return _balanced(num_queries, min(query_chunk, max(1, cap // max(num_db, 1))))
 
 
 # ------------------------------------------------------------------------------------ device primitives
@@ -238,6 +249,9 @@ def _map_queries(fn: Callable[..., Any], per_query: Sequence[Array], chunk: int)
   """Applies fn to chunks of the per-query arrays sequentially (lax.map) and concatenates the results."""
   n = per_query[0].shape[0]
   n_chunks = -(-n // chunk)
+  if n_chunks == 1:
+    # A single chunk needs no loop around it.
+    return fn(*per_query)
   pad = n_chunks * chunk - n
   xs = [
     jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(n_chunks, chunk, *x.shape[1:]) for x in per_query
@@ -320,22 +334,26 @@ def _counting_device(
   chunk,
   unroll,
 ):
-  """Counting-sort evaluation: two sequential scans over database items, all queries of a chunk at once.
+  """Counting-sort evaluation: two sequential scans over the database items, all queries of a chunk at once.
 
   Pass 1 builds per-query histograms (items and relevant items per distance). Pass 2 revisits the items in
   index order with per-distance offsets initialised to the exclusive cumulative histogram, so an item's
-  stable rank is offset[its distance] + 1 (counting sort) and the relevant count up to it is the relevant
-  offset + 1: AP terms accumulate without sorting or storing the ranking. O(D) work and O(chunk x k) memory
-  per query chunk; fastest on CPU (on accelerators the per-item steps are latency bound: use 'sort').
-  The database is padded to whole `unroll` groups; padding items go to an extra bin and count nowhere.
+  stable rank is offset[its distance] + 1 (a counting sort) and the relevant count up to it is the relevant
+  offset + 1: the AP terms accumulate without sorting or storing the ranking. O(D) work and O(chunk x k)
+  memory per chunk of queries. Fastest on CPU; on accelerators the sequential steps are latency bound (use
+  'sort'). Each step touches one counter per query, so counters are updated by gather + scatter-set (XLA
+  CPU runs that ~3x faster than a scatter-add). The database is padded to whole `unroll` groups; padding
+  items go to an extra distance bin and count nowhere.
   """
   n_bins = bits + 2  # distances 0..k and a bin for padding items
-  items = jnp.arange(db_words.shape[0], dtype=jnp.int32).reshape(-1, unroll)
+  steps = jnp.arange(db_words.shape[0], dtype=jnp.int32).reshape(-1, unroll)
 
   def body(qw, ql):
-    rows = jnp.arange(qw.shape[0], dtype=jnp.int32) * n_bins
+    n_q = qw.shape[0]
+    rows = jnp.arange(n_q, dtype=jnp.int32) * n_bins
 
     def item(j):
+      """Flat counter index, relevance (int32 0/1) and distance of database item j for every query."""
       d = None
       for w in range(qw.shape[1]):
         x = lax.population_count(qw[:, w] ^ db_words[j, w]).astype(jnp.int32)
@@ -345,53 +363,54 @@ def _counting_device(
         x = ql[:, w] & db_lw[j, w]
         r = x if r is None else r | x
       valid = j < n_valid
-      return rows + jnp.where(valid, d, bits + 1), (r != 0) & valid, d
+      d = jnp.where(valid, d, bits + 1)
+      return rows + d, ((r != 0) & valid).astype(jnp.int32), d
 
     def hist_step(carry, js):
       cnt, rcnt = carry
       for u in range(unroll):
         idx, r, _ = item(js[u])
-        cnt = cnt.at[idx].add(1)
-        rcnt = rcnt.at[idx].add(r.astype(jnp.int32))
+        cnt = cnt.at[idx].set(cnt[idx] + 1)
+        rcnt = rcnt.at[idx].set(rcnt[idx] + r)
       return (cnt, rcnt), None
 
-    zeros = jnp.zeros((qw.shape[0] * n_bins,), jnp.int32)
-    (cnt, rcnt), _ = lax.scan(hist_step, (zeros, zeros), items)
-    cnt, rcnt = cnt.reshape(-1, n_bins), rcnt.reshape(-1, n_bins)
+    zeros = jnp.zeros((n_q * n_bins,), jnp.int32)
+    (cnt, rcnt), _ = lax.scan(hist_step, (zeros, zeros), steps)
+    cnt, rcnt = cnt.reshape(n_q, n_bins), rcnt.reshape(n_q, n_bins)
     counts, rel_counts = cnt[:, : bits + 1], rcnt[:, : bits + 1]
     if hist_only:
       return counts, rel_counts
     off = (jnp.cumsum(cnt, axis=1) - cnt).reshape(-1)
     roff = (jnp.cumsum(rcnt, axis=1) - rcnt).reshape(-1)
-    rows_b = jnp.arange(qw.shape[0], dtype=jnp.int32) * (n_bounds + 1)
-    zf = jnp.zeros((qw.shape[0],), jnp.float32)
+    rows_b = jnp.arange(n_q, dtype=jnp.int32) * (n_bounds + 1)
+    zf = jnp.zeros((n_q,), jnp.float32)
 
     def rank_step(carry, js):
       off, roff, acc_r, comp_r, n_r, acc_b, comp_b, bucket = carry
       for u in range(unroll):
         idx, r, d = item(js[u])
         rank = off[idx] + 1
-        c = roff[idx] + r.astype(jnp.int32)
-        off = off.at[idx].add(1)
-        roff = roff.at[idx].add(r.astype(jnp.int32))
+        c = roff[idx] + r
+        off = off.at[idx].set(rank)
+        roff = roff.at[idx].set(c)
         prec = c.astype(jnp.float32) / rank.astype(jnp.float32)
-        in_r = r & (rank <= cut_r)
+        in_r = (r > 0) & (rank <= cut_r)
         acc_r, comp_r = _kahan_add(acc_r, comp_r, jnp.where(in_r, prec, 0.0))
         n_r = n_r + in_r.astype(jnp.int32)
         if radius >= 0:
-          acc_b, comp_b = _kahan_add(acc_b, comp_b, jnp.where(r & (d <= radius), prec, 0.0))
+          acc_b, comp_b = _kahan_add(acc_b, comp_b, jnp.where((r > 0) & (d <= radius), prec, 0.0))
         if n_bounds:
-          b = jnp.take(bucket_of_rank, rank, mode="clip")
-          bucket = bucket.at[rows_b + b].add(r.astype(jnp.int32))
+          b_idx = rows_b + jnp.take(bucket_of_rank, rank, mode="clip")
+          bucket = bucket.at[b_idx].set(bucket[b_idx] + r)
       return (off, roff, acc_r, comp_r, n_r, acc_b, comp_b, bucket), None
 
-    bucket0 = jnp.zeros((qw.shape[0] * (n_bounds + 1),), jnp.int32)
-    init = (off, roff, zf, zf, jnp.zeros_like(zf, jnp.int32), zf, zf, bucket0)
-    (_, _, acc_r, _, n_r, acc_b, _, bucket), _ = lax.scan(rank_step, init, items)
+    bucket0 = jnp.zeros((n_q * (n_bounds + 1),), jnp.int32)
+    init = (off, roff, zf, zf, jnp.zeros((n_q,), jnp.int32), zf, zf, bucket0)
+    (_, _, acc_r, _, n_r, acc_b, _, bucket), _ = lax.scan(rank_step, init, steps)
     ap_r = jnp.where(n_r > 0, acc_r / jnp.maximum(n_r, 1), 0.0)
     n_ball = jnp.sum(rel_counts[:, : max(radius, 0) + 1], axis=1)
     ap_b = jnp.where(n_ball > 0, acc_b / jnp.maximum(n_ball, 1), 0.0)
-    cum_b = jnp.cumsum(bucket.reshape(-1, n_bounds + 1)[:, :n_bounds], axis=1)
+    cum_b = jnp.cumsum(bucket.reshape(n_q, n_bounds + 1)[:, :n_bounds], axis=1)
     return counts, rel_counts, ap_r, n_r, ap_b, cum_b
 
   return _map_queries(body, (q_words, q_lw), chunk)
@@ -418,21 +437,25 @@ def hamming_ranking(
   qw, dw = as_code_words(q_codes, bits), as_code_words(db_codes, bits)
   n_db = dw.shape[0]
   length = n_db if length <= 0 or length > n_db else int(length)
-  return _ranking_device(qw, dw, length=length, chunk=_chunk_size(query_chunk, qw.shape[0], n_db))
+  return _ranking_device(qw, dw, length=length, chunk=_chunk_size(query_chunk, qw.shape[0], n_db, dw))
 
 
 METHODS = ("auto", "counting", "sort")
 # The counting method's memory is O(chunk x k): it takes big chunks to amortise its per-item steps.
 _COUNTING_MIN_CHUNK = 2048
-_UNROLL = 4
+_UNROLL = 4  # database items per scan step of the counting method
 
 
-def _resolve_method(method: str, x: Array) -> str:
+def _resolve_method(method: str, x: Array, length: int, n_db: int) -> str:
+  """'auto': on CPU the counting method unless the ranked prefix the metrics need is shorter than D/64 (a
+  top_k per query is then cheaper: measured crossover near D/60); on accelerators the sort method (the
+  counting scans are latency bound there)."""
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}; got {method!r}")
   if method != "auto":
     return method
-  return "counting" if next(iter(x.devices())).platform == "cpu" else "sort"
+  on_cpu = next(iter(x.devices())).platform == "cpu"
+  return "counting" if on_cpu and length * 4 * _GROUPS > n_db else "sort"
 
 
 def _effective_r(R: int, n_db: int) -> int:
@@ -457,7 +480,8 @@ def _evaluate_raw(
   """Per-query raw results of either method: histograms, AP@R, relevant count in the top R, AP in the ball
   of `radius` (< 0: skipped), relevant counts in the top K for K in `ks` and in `positions` (all <= D)."""
   n_q, n_db = qw.shape[0], dw.shape[0]
-  method = _resolve_method(method, dw)
+  length = max([r_eff, *ks, *positions])
+  method = _resolve_method(method, dw, n_db if hist_only or radius >= 0 else length, n_db)
   if method == "counting":
     pad = (-n_db) % _UNROLL
     bounds = tuple(sorted(set(ks) | set(positions)))
@@ -474,7 +498,7 @@ def _evaluate_raw(
       radius=int(radius),
       n_bounds=len(bounds),
       hist_only=hist_only,
-      chunk=int(min(n_q, max(query_chunk, _COUNTING_MIN_CHUNK))),
+      chunk=_balanced(n_q, max(query_chunk, _COUNTING_MIN_CHUNK)),
       unroll=_UNROLL,
     )
     res = [np.asarray(x) for x in res]
@@ -491,9 +515,8 @@ def _evaluate_raw(
       cum_p=cum_b[:, [col[p] for p in positions]],
     )
     return out
-  chunk = _chunk_size(query_chunk, n_q, n_db)
+  chunk = _chunk_size(query_chunk, n_q, n_db, dw)
   out = {}
-  length = max([r_eff, *ks, *positions])
   ball = np.zeros(n_q, np.int64)
   if hist_only or radius >= 0:
     counts, rel_counts = _histograms_device(qw, ql, dw, dl, bits=bits, chunk=chunk)
@@ -575,9 +598,9 @@ def average_precision(
     bits: code length k.
     R: rank cutoff (0 or >= D: whole database).
     query_chunk: queries per device step.
-    method: 'counting' (two scans over the database, no sort: fastest on CPU), 'sort' (stable sort / top_k
-      of each query's distances: for accelerators) or 'auto' (counting on CPU, sort elsewhere). Both are
-      exact and give the same numbers.
+    method: 'counting' (two scans over the database, no sort: fastest on CPU for long rankings), 'sort'
+      (stable top_k / sort of each query's distances) or 'auto' (counting on CPU when R > D / 64, else sort).
+      Both are exact and give the same numbers.
 
   Returns:
     ap (Q,) float32 (0 for a query without relevant item in the top R) and n_rel (Q,) int32, the number of
@@ -778,11 +801,14 @@ def evaluate_codes(
     R: mAP cutoff (0 or >= D: mAP@all).
     topk: K values of the precision@K curve (K > D is evaluated at D).
     radius: Hamming radius of the ball metrics (default 2).
-    drop_no_relevant: leave queries without relevant item in the top R out of the mAP means (default: AP 0).
+    drop_no_relevant: leave queries without relevant item in the top R out of 'map' and 'map_expected_ties'
+      (default False: they count as AP 0). The ball and curve metrics always average over all queries.
     expected_ties: also report the expected mAP@R under random order inside tie groups.
-    query_chunk: queries per device step (capped so that chunk x D <= 2^26).
+    query_chunk: queries per device step (sort method: capped so that chunk x D <= 2^26 on CPU; counting
+      method: at least 2048, its memory being O(chunk x k)).
     pr_rank_points: number of rank positions of the PR-by-rank curve (0: skip it); they are spread evenly over
-      [1, pr_rank_max] (pr_rank_max = 0: the whole database, which needs the full ranking of every query).
+      [1, pr_rank_max] (pr_rank_max = 0: the whole database; free with the counting method, a full ranking
+      of every query with the sort method).
     pr_rank_max: last rank position of the PR-by-rank curve (0: D).
     method: 'auto' | 'counting' | 'sort' (see `average_precision`); the counting method computes every
       number in two scans whatever R and the curves ask for.

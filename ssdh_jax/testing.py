@@ -46,7 +46,9 @@ def run_with_devices(body: str, num_devices: int, *, timeout: float = 600.0, env
     cwd=repo,
   )
   if proc.returncode != 0:
-    raise RuntimeError(f"subprocess with {num_devices} devices failed (rc={proc.returncode}):\n{proc.stderr[-6000:]}")
+    raise RuntimeError(
+      f"subprocess with {num_devices} devices failed (rc={proc.returncode}):\n{proc.stderr[-6000:]}"
+    )
   for line in proc.stdout.splitlines():
     if line.startswith(_RESULT_MARK):
       return json.loads(line[len(_RESULT_MARK) :])

@@ -712,7 +712,8 @@ def load_pretrained(variables: Mapping[str, Any], path: str | os.PathLike, model
       class heads are kept) or of a bare backbone (`build_backbone`; its classifier is loaded when it has one,
       and the checkpoint's classifier is ignored when it has none). Leaves may be arrays or
       jax.ShapeDtypeStruct (only shapes and dtypes are read).
-    path: torchvision .pth (alexnet, vgg16, vgg19, mobilenet_v2) or VGG-F .npz.
+    path: torchvision .pth (alexnet, vgg16, vgg19, mobilenet_v2) or VGG-F .npz; the word 'torchvision' means
+      torchvision's published ImageNet checkpoint (`fetch_torchvision_weights`: cached or downloaded).
     model_name: the backbone's registry name.
 
   Returns:
@@ -722,6 +723,8 @@ def load_pretrained(variables: Mapping[str, Any], path: str | os.PathLike, model
     CheckpointMismatchError: missing, unexpected or mis-shaped tensors (all named, with the file).
   """
   path = os.fspath(path)
+  if path == "torchvision":
+    path = fetch_torchvision_weights(model_name)
   if path.endswith(".npz"):
     with np.load(path, allow_pickle=False) as z:
       state = {k: z[k] for k in z.files}

@@ -22,15 +22,24 @@ TINY = [
 
 def run(*args, check=True):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
   return proc
 
 
 def test_typo_in_override_is_an_error(tmp_path):
-  proc = run("train.py", "--config", "configs/digits_demo.py", "--workdir", str(tmp_path), "--config.train.num_stepz=3",
-             check=False)
+  proc = run(
+    "train.py",
+    "--config",
+    "configs/digits_demo.py",
+    "--workdir",
+    str(tmp_path),
+    "--config.train.num_stepz=3",
+    check=False,
+  )
   assert proc.returncode != 0
   assert "num_stepz" in proc.stderr
   assert not os.path.exists(tmp_path / "checkpoints")
@@ -38,8 +47,14 @@ def test_typo_in_override_is_an_error(tmp_path):
 
 def test_missing_data_folder_fails_cleanly(tmp_path):
   proc = run(
-    "train.py", "--config", "configs/cifar10_small_cnn.py:12", "--workdir", str(tmp_path / "run"),
-    f"--config.data.manual_dir={tmp_path / 'nope'}", *TINY, check=False,
+    "train.py",
+    "--config",
+    "configs/cifar10_small_cnn.py:12",
+    "--workdir",
+    str(tmp_path / "run"),
+    f"--config.data.manual_dir={tmp_path / 'nope'}",
+    *TINY,
+    check=False,
   )
   assert proc.returncode != 0
   assert "nope" in proc.stderr
@@ -64,8 +79,17 @@ def test_train_eval_search_end_to_end(tmp_path):
   path = tmp_path / "q.png"
   Image.fromarray(img).convert("RGB").save(path)
   env_cmd = ["-c", "from ssdh_jax import cli; cli.search_main()"]
-  proc = run(*env_cmd, "--workdir", wd, "--index", os.path.join(wd, "database_index.npz"), "--image", str(path),
-             "--k", "5")
+  proc = run(
+    *env_cmd,
+    "--workdir",
+    wd,
+    "--index",
+    os.path.join(wd, "database_index.npz"),
+    "--image",
+    str(path),
+    "--k",
+    "5",
+  )
   row = json.loads(proc.stdout.strip().splitlines()[-1])
   assert len(row["ids"]) == 5 and row["distances"] == sorted(row["distances"])
 

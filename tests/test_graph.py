@@ -78,6 +78,22 @@ def test_sorted_neighbours_matches_numpy_with_ties():
   assert list(order2[1, :3]) == [3, 12, 7]
 
 
+@pytest.mark.parametrize("window", [(3, 9), (10, 14), (17, 20), (0, 20), (19, 20)])
+def test_window_neighbours_equal_full_sort(window):
+  """top_k extraction == slices of the full (distance, row id) sort, with ties and shuffled row ids."""
+  rng = np.random.default_rng(7)
+  f = rng.normal(size=(20, 3)).astype(np.float32)
+  f[[5, 9, 14]] = f[2]  # ties among near and far rows
+  f[[11, 17]] = 40.0
+  f[18] = 40.0
+  anchors = jnp.array([2, 5, 11, 0, 18, 7], jnp.int32)
+  for rid in (np.arange(20), rng.permutation(20) * 3 + 1):
+    order = np.asarray(graph.sorted_neighbours(jnp.asarray(f), anchors, jnp.asarray(rid)))
+    near, far = graph.window_neighbours(jnp.asarray(f), anchors, jnp.asarray(rid), 4, window)
+    np.testing.assert_array_equal(np.asarray(near), order[:, :4])
+    np.testing.assert_array_equal(np.asarray(far), order[:, window[0] : window[1]])
+
+
 def test_sample_graph_pairs_ranges():
   rng = np.random.default_rng(2)
   f = jnp.asarray(rng.normal(size=(30, 6)), jnp.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import metrics_reference as ref
 import numpy as np
 import pytest
@@ -134,13 +135,14 @@ def test_grouped_prefix_is_exact(groups):
   want = ref.metrics(q, db, q_l, db_l)
   dist = metrics.hamming_distances(q, db, bits=k)
   rel = np.array(want["rel"], np.int32)
+  grouped = jax.jit(metrics._grouped_prefix, static_argnames=("length", "max_dist", "groups"))
   for length in (1, 5, 12, 203 // groups):
-    idx, d = metrics._grouped_prefix(dist, length, k, None, groups)
+    idx, d = grouped(dist, length=length, max_dist=k, payload=None, groups=groups)
     np.testing.assert_array_equal(idx, [o[:length] for o in want["order"]])
     np.testing.assert_array_equal(
       d, [[row[j] for j in o[:length]] for row, o in zip(want["dist"], want["order"])]
     )
-    _, p = metrics._grouped_prefix(dist, length, k, rel, groups)
+    _, p = grouped(dist, length=length, max_dist=k, payload=rel, groups=groups)
     np.testing.assert_array_equal(p, [[r[j] for j in o[:length]] for r, o in zip(rel, want["order"])])
   # Through the public API (length x 64 <= D selects the grouped path).
   idx, _ = metrics.hamming_ranking(q, db, bits=k, length=3)
@@ -278,3 +280,14 @@ def test_common_bit_flip_invariance_and_bounds(codes, labels, flip):
   np.testing.assert_allclose(
     full, metrics.average_precision(q, db, q_l, db_l, bits=_K, R=_D + 5)[0], atol=1e-7
   )
+
+
+def test_packing_matches_hashing_module():
+  # Codes packed by the training side (hashing.pack_bits) and by metrics must be bit-identical.
+  from ssdh_jax import hashing
+
+  rng = np.random.default_rng(5)
+  for k in (12, 32, 48, 64):
+    bits = rng.integers(0, 2, (7, k)).astype(bool)
+    np.testing.assert_array_equal(metrics.as_code_words(bits, k), hashing.pack_bits(bits))
+    np.testing.assert_array_equal(metrics.as_code_words(bits, k), pack_words(bits))

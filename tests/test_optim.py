@@ -64,5 +64,5 @@ def test_schedules():
   s = optim.learning_rate_schedule(cfg, 100)
   assert float(s(0)) == 0.0 and float(s(10)) == pytest.approx(1.0) and float(s(100)) < 1e-3
   cfg.schedule = "bogus"
-  with pytest.raises(ValueError, match="config.optim.schedule"):
+  with pytest.raises(ValueError, match=r"config\.optim\.schedule"):
     optim.learning_rate_schedule(cfg, 100)

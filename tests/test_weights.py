@@ -623,6 +623,18 @@ def test_bf16_params_are_cast(tmp_path, mobilenet_state):
   np.testing.assert_array_equal(kernel, sd["features.0.0.weight"].transpose(2, 3, 1, 0).astype(jnp.bfloat16))
 
 
+def test_torchvision_alias_resolves_through_fetch(tmp_path, monkeypatch, mobilenet_state):
+  backbone, variables, sd = mobilenet_state
+  path = tmp_path / "mobilenet_v2-b0353104.pth"
+  weights.save_torch_state_dict(sd, path)
+  asked = []
+  monkeypatch.setattr(weights, "fetch_torchvision_weights", lambda name: asked.append(name) or str(path))
+  _assert_tree_equal(
+    weights.load_pretrained(_eval_shape_vars(backbone, 32), "torchvision", "mobilenet_v2"), variables
+  )
+  assert asked == ["mobilenet_v2"]
+
+
 def test_fetch_uses_cached_file_without_network(tmp_path):
   cached = tmp_path / "alexnet-owt-7be5be79.pth"
   cached.write_bytes(b"x")
