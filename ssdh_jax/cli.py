@@ -41,6 +41,7 @@ def _define_search_flags() -> None:
 def _train(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _quiet_by_default()
   from ssdh_jax import train_lib
 
   try:
@@ -61,6 +62,7 @@ def _print_summary(results) -> None:
 def _eval(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _quiet_by_default()
   from ssdh_jax import evaluate_run
 
   try:
@@ -75,6 +77,7 @@ def _eval(argv) -> None:
 def _search(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _quiet_by_default()
   from ssdh_jax import evaluate_run
 
   try:
@@ -88,24 +91,22 @@ def _search(argv) -> None:
 
 def _quiet_by_default() -> None:
   # Orbax logs every save at INFO; keep the console for the progress bar unless --verbosity asks for more.
-  FLAGS.set_default("verbosity", logging.WARNING)
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 def train_main() -> None:
   _define_train_flags()
-  _quiet_by_default()
   app.run(_train)
 
 
 def eval_main() -> None:
   _define_eval_flags()
-  _quiet_by_default()
   app.run(_eval)
 
 
 def search_main() -> None:
   _define_search_flags()
-  _quiet_by_default()
   app.run(_search)
 
 

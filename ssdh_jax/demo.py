@@ -17,11 +17,11 @@ flags.DEFINE_string("workdir", "workdir/demo", "Where the runs, reports and plot
 flags.DEFINE_list("bits", ["16", "32"], "Code lengths to train.")
 flags.DEFINE_integer("steps", 0, "Override train.num_steps (0: the config's).")
 flags.DEFINE_bool(
-  "compare_supervised", True, "Also train the supervised-only ablation (labeled images, lambda=0)."
+  "compare_supervised", False, "Also train the supervised-only ablation (labeled images, lambda=0)."
 )
 
 
-def run(workdir: str, bits: list[int], steps: int = 0, compare_supervised: bool = True) -> list[dict]:
+def run(workdir: str, bits: list[int], steps: int = 0, compare_supervised: bool = False) -> list[dict]:
   from configs import digits_demo
   from ssdh_jax import evaluate, train_lib
 
@@ -57,10 +57,13 @@ def run(workdir: str, bits: list[int], steps: int = 0, compare_supervised: bool 
 
 def main(argv) -> None:
   del argv
+  from absl import logging
+
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   os.makedirs(FLAGS.workdir, exist_ok=True)
   run(FLAGS.workdir, [int(b) for b in FLAGS.bits], FLAGS.steps, FLAGS.compare_supervised)
 
 
 if __name__ == "__main__":
-  FLAGS.set_default("verbosity", -1)  # orbax logs every save at INFO
   app.run(main)
