@@ -12,6 +12,7 @@ backbone, command) is printed and written to --out; per-run reports stay under -
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -189,6 +190,19 @@ def shallow_method(args, method: str, bits: int, feats, splits, meta) -> dict:
   }
 
 
+def _load_rows(path: str) -> dict[tuple, dict]:
+  """Finished runs from an earlier (interrupted) invocation, keyed by what determines them."""
+  done = {}
+  if os.path.exists(path):
+    for n, line in enumerate(open(path), 1):
+      try:
+        r = json.loads(line)
+        done[(r["method"], r["bits"], r["seed"], r["backbone"], r["steps"], r["width"])] = r
+      except (ValueError, KeyError) as e:
+        raise ValueError(f"{path}:{n}: not a quality row ({e}); delete the file to start over") from None
+  return done
+
+
 def table(rows: list[dict], header: str) -> str:
   cols = [
     "method",
@@ -254,30 +268,44 @@ def main(argv=None) -> None:
   os.makedirs(args.workdir, exist_ok=True)
 
   backbones = ["small_cnn"] if args.quick else ["mobilenet_v2", "small_cnn"]
+  # Rows are appended as each run finishes, so an interrupted grid resumes where it stopped.
+  rows_path = os.path.join(args.workdir, "rows.jsonl")
+  done = _load_rows(rows_path)
   rows: list[dict] = []
-  for bits in bits_list:
-    for backbone in backbones:
-      for method in ("ssdh", "supervised", "dpsh"):
-        if method not in methods:
-          continue
-        seeds = range(args.seeds) if method in ("ssdh", "supervised") else range(1)
-        for seed in seeds:
-          row = train_method(args, method, bits, seed, backbone)
-          print(json.dumps(row), flush=True)
-          rows.append(row)
-  if {"itq", "lsh"} & set(methods):
+
+  def record(key: tuple, make) -> None:
+    row = done.get(key)
+    if row is None:
+      row = make()
+      row["width"] = args.width if row["backbone"] == "small_cnn" else 0
+      with open(rows_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+
+  # Cheap fixed-feature baselines first, then seeds outermost so a cut-short grid still pairs SSDH with
+  # supervised-only on the same seeds.
+  shallow = [(m, b) for b in bits_list for m in ("itq", "lsh") if m in methods]
+  fbb = f"mobilenet_v2 ImageNet features @{args.feature_size}px (fixed)"
+  feats = splits = meta = None
+  if any((m, b, 0, fbb, 0, args.width) not in done for m, b in shallow):
     from ssdh_jax.data import pipeline
 
     c = base_config(args, bits_list[0], "small_cnn")
     c.lock()
     splits, meta = pipeline.load_splits(c, os.path.join(args.workdir, "features"))
     feats = backbone_features(args, splits, args.feature_size)
+  for method, bits in shallow:
+    key = (method, bits, 0, fbb, 0, args.width)
+    record(key, functools.partial(shallow_method, args, method, bits, feats, splits, meta))
+  for seed in range(args.seeds):
     for bits in bits_list:
-      for method in ("itq", "lsh"):
-        if method in methods:
-          row = shallow_method(args, method, bits, feats, splits, meta)
-          print(json.dumps(row), flush=True)
-          rows.append(row)
+      for backbone in backbones:
+        for method in ("ssdh", "supervised", "dpsh"):
+          if method not in methods or (method == "dpsh" and seed > 0):
+            continue
+          key = (method, bits, seed, backbone, args.steps, args.width)
+          record(key, functools.partial(train_method, args, method, bits, seed, backbone))
   import jax
 
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} host cores"

@@ -178,12 +178,14 @@ def make_parallel_step(body: Callable, mode: str, devices: list) -> Callable:
 
 def place_state(state: TrainState, mode: str, devices: list) -> TrainState:
   """Replicates a host state onto the devices in the layout the wrapper expects."""
+  mesh = Mesh(np.asarray(devices), (AXIS,))
   if mode == "pmap":
+    # Same mesh and axis name as the pmapped step's outputs: any other layout (e.g. an identity pmap with
+    # its internal axis name) makes the second step compile the whole train step again.
     n = len(devices)
     stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), state)
-    return jax.pmap(lambda s: s, devices=devices)(stacked)
-  sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), P())
-  return jax.device_put(state, sharding)
+    return jax.device_put(stacked, NamedSharding(mesh, P(AXIS)))
+  return jax.device_put(state, NamedSharding(mesh, P()))
 
 
 def place_batch(batch: Mapping[str, np.ndarray], mode: str, devices: list) -> dict:

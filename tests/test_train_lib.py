@@ -78,6 +78,25 @@ emit({{
 """
 
 
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+def test_step_traces_once_from_placed_state(mode):
+  """place_state must lay the state out exactly as the step returns it, or step 2 recompiles the step."""
+  devices = jax.local_devices()[:1]
+  traces = []
+
+  def body(state, batch, axis_name):
+    traces.append(1)
+    total = jax.lax.psum(batch["x"].sum(), axis_name)
+    return jax.tree.map(lambda p: p + total, state), {"total": total}
+
+  step = train_lib.make_parallel_step(body, mode, devices)
+  pstate = train_lib.place_state({"w": np.zeros(3, np.float32)}, mode, devices)
+  for _ in range(3):
+    pstate, _ = step(pstate, train_lib.place_batch({"x": np.ones((4,), np.float32)}, mode, devices))
+  np.testing.assert_allclose(train_lib.host_state(pstate, mode)["w"], 12.0)
+  assert len(traces) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
   "mode,variant", [("pmap", "multi_label"), ("shard_map", "multi_label"), ("pmap", "single_label")]
