@@ -79,49 +79,47 @@ def _generate(root: str, relpaths: Sequence[str], labels: np.ndarray, rows: np.n
     yield int(i), {"image": image, "label": labels[i], "id": int(i), "path": relpaths[i]}
 
 
-class SsdhImageFolder(tfds.core.GeneratorBasedBuilder):
+class _RetrievalBuilder:
+  """What the two project builders share; they differ only in how they scan manual_dir."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(features=_features(self.builder_config))
+
+  def _splits(self, root: str, relpaths, labels, origin) -> dict:
+    return {
+      s: self._generate_examples(root, relpaths, labels, np.flatnonzero(origin == s))
+      for s in sorted(set(origin.tolist()))
+    }
+
+  def _generate_examples(self, root, relpaths, labels, rows):
+    return _generate(root, relpaths, labels, rows, self.builder_config)
+
+
+class SsdhImageFolder(_RetrievalBuilder, tfds.core.GeneratorBasedBuilder):
   """Image-folder retrieval dataset `<manual_dir>/<split>/<class>/*.jpg` (single-label)."""
 
   VERSION = VERSION
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Put images under <manual_dir>/<split>/<class>/*.jpg (e.g. train/, test/)."
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(features=_features(self.builder_config))
 
   def _split_generators(self, dl_manager):
     root = str(dl_manager.manual_dir)
     relpaths, labels, class_names, origin = sources.scan_image_folder(root)
     if tuple(class_names) != tuple(self.builder_config.class_names):
       raise ValueError(f"{root}: class folders changed since the builder config was made")
-    return {
-      s: self._generate_examples(root, relpaths, labels, np.flatnonzero(origin == s))
-      for s in sorted(set(origin.tolist()))
-    }
-
-  def _generate_examples(self, root, relpaths, labels, rows):
-    return _generate(root, relpaths, labels, rows, self.builder_config)
+    return self._splits(root, relpaths, labels, origin)
 
 
-class SsdhListFile(tfds.core.GeneratorBasedBuilder):
+class SsdhListFile(_RetrievalBuilder, tfds.core.GeneratorBasedBuilder):
   """List-file retrieval dataset: `<manual_dir>/*.txt`, one `relpath 0 1 0 ...` line per image."""
 
   VERSION = VERSION
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Put the images and the list files (relpath 0 1 0 ...) under <manual_dir>."
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(features=_features(self.builder_config))
-
   def _split_generators(self, dl_manager):
     root = str(dl_manager.manual_dir)
     c = self.builder_config
     relpaths, labels, origin, _ = sources.scan_list_files(root, c.list_names, c.num_labels, c.on_bad_image)
-    return {
-      s: self._generate_examples(root, relpaths, labels, np.flatnonzero(origin == s))
-      for s in sorted(set(origin.tolist()))
-    }
-
-  def _generate_examples(self, root, relpaths, labels, rows):
-    return _generate(root, relpaths, labels, rows, self.builder_config)
+    return self._splits(root, relpaths, labels, origin)
 
 
 def _config_name(kind: str, root: str, relpaths: Sequence[str], extra: str) -> str:
