@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ssdh-installed
 WORKDIR ?= workdir/demo
 
-.PHONY: demo test test-fast bench lint format venv clean
+.PHONY: demo test test-fast bench quality lint format venv clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) $$b --quick || exit 1; done
+
+# Retrieval-quality grid on real CIFAR-10 (../shared/data/cifar10-jpeg.tar.xz); about 80 min on 2 CPU cores.
+# Resumable: runs already listed in workdir/quality/rows.jsonl are not repeated.
+quality: $(STAMP)
+	$(PY) bench/quality.py --quick --workdir workdir/quality --out workdir/quality/quality_quick.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

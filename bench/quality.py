@@ -246,7 +246,7 @@ def main(argv=None) -> None:
   p.add_argument("--bits", default="", help="comma list (quick: 12,48; full: 12,24,32,48)")
   p.add_argument("--seeds", type=int, default=3, help="seeds for SSDH and supervised-only")
   p.add_argument("--methods", default="ssdh,supervised,dpsh,itq,lsh")
-  p.add_argument("--steps", type=int, default=0, help="train steps (quick default 800)")
+  p.add_argument("--steps", type=int, default=0, help="train steps (quick default 500)")
   p.add_argument("--width", type=int, default=32, help="small_cnn width in --quick")
   p.add_argument(
     "--feature-size", type=int, default=0, help="input size for ITQ/LSH features (quick 64, full 224)"
@@ -258,7 +258,7 @@ def main(argv=None) -> None:
   p.add_argument("--mobilenet-weights", default="")
   p.add_argument("--out", default="")
   args = p.parse_args(argv)
-  args.steps = args.steps or (800 if args.quick else 0)
+  args.steps = args.steps or (500 if args.quick else 0)
   args.feature_size = args.feature_size or (64 if args.quick else 224)
   bits_list = [int(b) for b in (args.bits or ("12,48" if args.quick else "12,24,32,48")).split(",")]
   methods = args.methods.split(",")

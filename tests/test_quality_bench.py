@@ -1,0 +1,102 @@
+"""bench/quality.py: the grid harness's wiring (configs per method, resumable rows, table, unpacking).
+
+Training itself is covered by test_train_lib; here train_and_evaluate is replaced by a recorder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def quality():
+  spec = importlib.util.spec_from_file_location("quality_bench", os.path.join(ROOT, "bench", "quality.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def quick_args(tmp_path, **kw) -> argparse.Namespace:
+  base = dict(
+    quick=True, full=False, steps=7, width=8, data_dir=str(tmp_path / "data"), split_seed=3,
+    workdir=str(tmp_path / "runs"), mobilenet_weights="", feature_size=64,
+  )  # fmt: skip
+  base.update(kw)
+  return argparse.Namespace(**base)
+
+
+@pytest.mark.parametrize(
+  "method,lam,unlabeled,loss",
+  [("ssdh", 0.1, True, "ssdh"), ("supervised", 0.0, False, "ssdh"), ("dpsh", 0.1, False, "dpsh")],
+)
+def test_train_method_configures_each_baseline(quality, tmp_path, monkeypatch, method, lam, unlabeled, loss):
+  from ssdh_jax import train_lib
+
+  seen = {}
+
+  def fake_train(config, workdir):
+    seen["config"] = config
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      for ips in (5.0, 100.0, 120.0, 110.0):  # the first window (compilation) is dropped
+        f.write(json.dumps({"step": 1, "images_per_sec": ips}) + "\n")
+    return {"metrics": {"map": 0.25, "precision_radius": 0.5}, "key": {"split_hash": "abc123"}}
+
+  monkeypatch.setattr(train_lib, "train_and_evaluate", fake_train)
+  row = quality.train_method(quick_args(tmp_path), method, 48, 2, "small_cnn")
+  c = seen["config"]
+  assert c.is_locked
+  assert (c.loss.lam, c.data.include_unlabeled, c.loss.name) == (lam, unlabeled, loss)
+  assert (c.seed, c.model.bits, c.model.width, c.train.num_steps, c.data.split_seed) == (2, 48, 8, 7, 3)
+  assert c.data.protocol == "cifar10" and c.data.manual_dir == str(tmp_path / "data")
+  assert row["images_per_sec"] == 110.0 and row["map"] == 0.25 and row["split_hash"] == "abc123"
+  assert row["command"].startswith("python train.py --config configs/cifar10_small_cnn.py:48 --config.seed=2")
+
+
+def test_rows_resume_and_bad_row_named(quality, tmp_path):
+  path = tmp_path / "rows.jsonl"
+  assert quality._load_rows(str(path)) == {}
+  row = {"method": "ssdh", "bits": 12, "seed": 1, "backbone": "small_cnn", "steps": 500, "width": 32}
+  path.write_text(json.dumps(row) + "\n")
+  assert quality._load_rows(str(path)) == {("ssdh", 12, 1, "small_cnn", 500, 32): row}
+  path.write_text(json.dumps(row) + "\n{not json\n")
+  with pytest.raises(ValueError, match=r"rows\.jsonl:2"):
+    quality._load_rows(str(path))
+
+
+def test_table_reports_mean_and_sample_std(quality):
+  maps = [0.40, 0.46, 0.43]
+  rows = [
+    {"method": "ssdh", "bits": 48, "backbone": "small_cnn", "seed": s, "map": m, "p_h2": 0.1, "wall_s": 1.0,
+     "images_per_sec": 2.0, "steps": 5, "split_hash": "0123456789abcdef"}
+    for s, m in enumerate(maps)
+  ]  # fmt: skip
+  text = quality.table(rows, "## header")
+  assert text.startswith("## header")
+  assert "| 0123456789ab |" in text and "0123456789abc" not in text
+  expected = f"| ssdh | 48 | small_cnn | 3 | {np.mean(maps):.4f} ± {np.std(maps, ddof=1):.4f} |"
+  assert expected in text
+
+
+def test_unpack_moves_nested_folder_and_names_missing_archive(quality, tmp_path):
+  archive = tmp_path / "c.tar.xz"
+  with tarfile.open(archive, "w:xz") as tar:
+    for name in ("cifar/train/cat/0.jpg", "cifar/test/dog/1.jpg"):
+      info = tarfile.TarInfo(name)
+      info.size = 3
+      tar.addfile(info, io.BytesIO(b"abc"))
+  dest = quality.unpack_cifar10(str(archive), str(tmp_path / "out"))
+  assert os.path.exists(os.path.join(dest, "train", "cat", "0.jpg"))
+  assert os.path.exists(os.path.join(dest, "test", "dog", "1.jpg"))
+  with pytest.raises(FileNotFoundError, match=r"nope\.tar\.xz"):
+    quality.unpack_cifar10(str(tmp_path / "nope.tar.xz"), str(tmp_path / "other"))
