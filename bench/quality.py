@@ -71,12 +71,16 @@ def _images_per_sec(run_dir: str) -> float:
   return float(np.median(vals)) if vals else float("nan")
 
 
-def base_config(args, bits: int, backbone: str):
+def _config_module(backbone: str):
   if backbone == "mobilenet_v2":
     from configs import cifar10_mobilenet_v2 as cfg_mod
   else:
     from configs import cifar10_small_cnn as cfg_mod
-  c = cfg_mod.get_config(str(bits))
+  return cfg_mod
+
+
+def base_config(args, bits: int, backbone: str):
+  c = _config_module(backbone).get_config(str(bits))
   c.data.manual_dir = args.data_dir
   c.data.cache_dir = os.path.join(args.data_dir, "cache")
   c.data.split_seed = args.split_seed
@@ -102,20 +106,52 @@ METHODS = {
 }
 
 
-def train_method(args, method: str, bits: int, seed: int, backbone: str) -> dict:
-  from ssdh_jax import train_lib
-
+def method_config(args, method: str, bits: int, seed: int, backbone: str):
+  """The locked training config of one grid cell."""
   c = base_config(args, bits, backbone)
   c.seed = seed
   for key, value in METHODS[method].items():
     sect, field = key.split(".")
     c[sect][field] = value
   c.lock()
-  run_dir = os.path.join(args.workdir, f"{backbone}_{method}_{bits}b_s{seed}")
+  return c
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def train_command(config, backbone: str, bits: int, workdir: str) -> str:
+  """The train.py command line that trains this cell alone: the config file plus every field that differs."""
+  ref = _flat(_config_module(backbone).get_config(str(bits)).to_dict())
+  flags = [
+    f"--config.{k}={shlex.quote(str(v))}"
+    for k, v in sorted(_flat(config.to_dict()).items())
+    if k != "train.progress" and ref.get(k) != v
+  ]
+  return " ".join(
+    ["python train.py", f"--config configs/cifar10_{backbone}.py:{bits}", *flags, f"--workdir {workdir}"]
+  )
+
+
+def _run_dir(args, method: str, bits: int, seed: int, backbone: str) -> str:
+  return os.path.join(args.workdir, f"{backbone}_{method}_{bits}b_s{seed}")
+
+
+def train_method(args, method: str, bits: int, seed: int, backbone: str) -> dict:
+  from ssdh_jax import train_lib
+
+  c = method_config(args, method, bits, seed, backbone)
+  run_dir = _run_dir(args, method, bits, seed, backbone)
   t0 = time.perf_counter()
   res = train_lib.train_and_evaluate(c, run_dir)
   wall = time.perf_counter() - t0
-  overrides = " ".join(f"--config.{k}={v}" for k, v in METHODS[method].items())
   return {
     "method": method,
     "bits": bits,
@@ -127,7 +163,7 @@ def train_method(args, method: str, bits: int, seed: int, backbone: str) -> dict
     "images_per_sec": _images_per_sec(run_dir),
     "split_hash": res["key"]["split_hash"],
     "steps": int(c.train.num_steps),
-    "command": f"python train.py --config configs/cifar10_{backbone}.py:{bits} --config.seed={seed} {overrides}",
+    "command": train_command(c, backbone, bits, run_dir),
   }
 
 
@@ -186,7 +222,10 @@ def shallow_method(args, method: str, bits: int, feats, splits, meta) -> dict:
     "images_per_sec": float("nan"),
     "split_hash": meta["split_hash"],
     "steps": 0,
-    "command": "bench/quality.py (feature extraction + fit)",
+    "command": (
+      f"python bench/quality.py --{'quick' if args.quick else 'full'} --methods {method} --bits {bits} "
+      f"--feature-size {args.feature_size} --split-seed {args.split_seed}"
+    ),
   }
 
 
@@ -215,6 +254,7 @@ def table(rows: list[dict], header: str) -> str:
     "images_per_sec",
     "steps",
     "split_hash",
+    "command",
   ]
   lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:
@@ -223,6 +263,8 @@ def table(rows: list[dict], header: str) -> str:
       v = r[c]
       if c == "split_hash":
         v = str(v)[:12]
+      elif c == "command":
+        v = f"`{v}`"
       elif isinstance(v, float):
         v = f"{v:.4f}" if c in ("map", "p_h2") else f"{v:.1f}"
       vals.append(str(v))
@@ -273,13 +315,15 @@ def main(argv=None) -> None:
   done = _load_rows(rows_path)
   rows: list[dict] = []
 
-  def record(key: tuple, make) -> None:
+  def record(key: tuple, make, command: str = "") -> None:
     row = done.get(key)
     if row is None:
       row = make()
       row["width"] = args.width if row["backbone"] == "small_cnn" else 0
       with open(rows_path, "a") as f:
         f.write(json.dumps(row) + "\n")
+    if command:  # derived from the arguments, so rows from older versions of this script get it too
+      row["command"] = command
     print(json.dumps(row), flush=True)
     rows.append(row)
 
@@ -305,7 +349,9 @@ def main(argv=None) -> None:
           if method not in methods or (method == "dpsh" and seed > 0):
             continue
           key = (method, bits, seed, backbone, args.steps, args.width)
-          record(key, functools.partial(train_method, args, method, bits, seed, backbone))
+          run_dir = _run_dir(args, method, bits, seed, backbone)
+          cmd = train_command(method_config(args, method, bits, seed, backbone), backbone, bits, run_dir)
+          record(key, functools.partial(train_method, args, method, bits, seed, backbone), cmd)
   import jax
 
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} host cores"

@@ -6,10 +6,12 @@ Training itself is covered by test_train_lib; here train_and_evaluate is replace
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import io
 import json
 import os
+import shlex
 import tarfile
 
 import numpy as np
@@ -60,7 +62,34 @@ def test_train_method_configures_each_baseline(quality, tmp_path, monkeypatch, m
   assert (c.seed, c.model.bits, c.model.width, c.train.num_steps, c.data.split_seed) == (2, 48, 8, 7, 3)
   assert c.data.protocol == "cifar10" and c.data.manual_dir == str(tmp_path / "data")
   assert row["images_per_sec"] == 110.0 and row["map"] == 0.25 and row["split_hash"] == "abc123"
-  assert row["command"].startswith("python train.py --config configs/cifar10_small_cnn.py:48 --config.seed=2")
+  assert row["command"].startswith("python train.py --config configs/cifar10_small_cnn.py:48 ")
+  assert row["command"].endswith(f"--workdir {tmp_path / 'runs' / f'small_cnn_{method}_48b_s2'}")
+
+
+@pytest.mark.parametrize("method", ["ssdh", "supervised", "dpsh"])
+def test_train_command_rebuilds_the_same_config(quality, tmp_path, method):
+  """Applying the printed --config.* flags to the config file gives back the cell's config."""
+  from configs import cifar10_small_cnn
+
+  args = quick_args(tmp_path)
+  want = quality.method_config(args, method, 12, 1, "small_cnn")
+  cmd = shlex.split(quality.train_command(want, "small_cnn", 12, "/w"))
+  got = cifar10_small_cnn.get_config("12")
+  for flag in cmd:
+    if flag.startswith("--config."):
+      key, value = flag[len("--config.") :].split("=", 1)
+      *parents, leaf = key.split(".")
+      node = got
+      for p in parents:
+        node = node[p]
+      cur = node[leaf]
+      node[leaf] = (
+        value == "True"
+        if isinstance(cur, bool)
+        else type(cur)(ast.literal_eval(value) if isinstance(cur, tuple) else value)
+      )
+  got.train.progress = want.train.progress
+  assert got.to_dict() == want.to_dict()
 
 
 def test_rows_resume_and_bad_row_named(quality, tmp_path):
@@ -78,7 +107,7 @@ def test_table_reports_mean_and_sample_std(quality):
   maps = [0.40, 0.46, 0.43]
   rows = [
     {"method": "ssdh", "bits": 48, "backbone": "small_cnn", "seed": s, "map": m, "p_h2": 0.1, "wall_s": 1.0,
-     "images_per_sec": 2.0, "steps": 5, "split_hash": "0123456789abcdef"}
+     "images_per_sec": 2.0, "steps": 5, "split_hash": "0123456789abcdef", "command": "python x"}
     for s, m in enumerate(maps)
   ]  # fmt: skip
   text = quality.table(rows, "## header")
