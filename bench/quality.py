@@ -219,6 +219,7 @@ def shallow_method(args, method: str, bits: int, feats, splits, meta) -> dict:
     "map": float(res["map"]),
     "p_h2": float(res["precision_radius"]),
     "wall_s": time.perf_counter() - t0,
+    "features_s": feats["seconds"],  # shared by every ITQ/LSH row; not part of wall_s
     "images_per_sec": float("nan"),
     "split_hash": meta["split_hash"],
     "steps": 0,
@@ -338,7 +339,9 @@ def main(argv=None) -> None:
     c = base_config(args, bits_list[0], "small_cnn")
     c.lock()
     splits, meta = pipeline.load_splits(c, os.path.join(args.workdir, "features"))
+    t0 = time.perf_counter()
     feats = backbone_features(args, splits, args.feature_size)
+    feats["seconds"] = time.perf_counter() - t0
   for method, bits in shallow:
     key = (method, bits, 0, fbb, 0, args.width)
     record(key, functools.partial(shallow_method, args, method, bits, feats, splits, meta))
