@@ -289,6 +289,9 @@ def main(argv=None) -> None:
   p.add_argument("--bits", default="", help="comma list (quick: 12,48; full: 12,24,32,48)")
   p.add_argument("--seeds", type=int, default=3, help="seeds for SSDH and supervised-only")
   p.add_argument("--methods", default="ssdh,supervised,dpsh,itq,lsh")
+  p.add_argument(
+    "--backbones", default="", help="trained backbones (quick: small_cnn; full: mobilenet_v2,small_cnn)"
+  )
   p.add_argument("--steps", type=int, default=0, help="train steps (quick default 500)")
   p.add_argument("--width", type=int, default=32, help="small_cnn width in --quick")
   p.add_argument(
@@ -305,12 +308,18 @@ def main(argv=None) -> None:
   args.feature_size = args.feature_size or (64 if args.quick else 224)
   bits_list = [int(b) for b in (args.bits or ("12,48" if args.quick else "12,24,32,48")).split(",")]
   methods = args.methods.split(",")
+  for m in methods:
+    if m not in (*METHODS, "itq", "lsh"):
+      p.error(f"--methods: {m!r} is not one of ssdh, supervised, dpsh, itq, lsh")
+  backbones = (args.backbones or ("small_cnn" if args.quick else "mobilenet_v2,small_cnn")).split(",")
+  for b in backbones:
+    if b not in ("small_cnn", "mobilenet_v2"):
+      p.error(f"--backbones: {b!r} is not one of small_cnn, mobilenet_v2")
   if not args.mobilenet_weights:
     args.mobilenet_weights = packaged_mobilenet_v2()
   args.data_dir = unpack_cifar10(args.archive, args.data_dir)
   os.makedirs(args.workdir, exist_ok=True)
 
-  backbones = ["small_cnn"] if args.quick else ["mobilenet_v2", "small_cnn"]
   # Rows are appended as each run finishes, so an interrupted grid resumes where it stopped.
   rows_path = os.path.join(args.workdir, "rows.jsonl")
   done = _load_rows(rows_path)
