@@ -243,6 +243,54 @@ def _load_rows(path: str) -> dict[tuple, dict]:
   return done
 
 
+def _mean_sd(v: list[float], digits: int = 4) -> str:
+  sd = f"{np.std(v, ddof=1):.{digits}f}" if len(v) > 1 else "n/a"
+  return f"{np.mean(v):.{digits}f} ± {sd}"
+
+
+def summary(rows: list[dict]) -> list[str]:
+  """Per (method, bits, backbone): mean ± sample std over seeds; then SSDH minus supervised-only, paired by seed."""
+  groups: dict[tuple, list[dict]] = {}
+  for r in rows:
+    groups.setdefault((r["method"], r["bits"], r["backbone"]), []).append(r)
+  out = [
+    "| method | bits | backbone | seeds | mAP@all mean ± std | P@H≤2 mean ± std | wall s/run | images/s |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for (m, b, bb), g in groups.items():
+    ips = [r["images_per_sec"] for r in g if np.isfinite(r["images_per_sec"])]
+    out.append(
+      f"| {m} | {b} | {bb} | {len(g)} | {_mean_sd([r['map'] for r in g])} | {_mean_sd([r['p_h2'] for r in g])} "
+      f"| {np.mean([r['wall_s'] for r in g]):.0f} | {f'{np.median(ips):.0f}' if ips else 'n/a'} |"
+    )
+  pairs = []
+  for (m, b, bb), g in groups.items():
+    sup = {r["seed"]: r["map"] for r in groups.get(("supervised", b, bb), [])}
+    if m != "ssdh" or not sup:
+      continue
+    ssdh = {r["seed"]: r["map"] for r in g}
+    seeds = sorted(set(sup) & set(ssdh))
+    if not seeds:
+      continue
+    gaps = [ssdh[s] - sup[s] for s in seeds]
+    if len(seeds) == 1:
+      pairs.append(f"| {b} | {bb} | 1 | {gaps[0]:.4f} | n/a | no (one seed) |")
+      continue
+    spread = max(np.std([ssdh[s] for s in seeds], ddof=1), np.std([sup[s] for s in seeds], ddof=1))
+    verdict = "yes" if np.mean(gaps) > spread else "no"
+    pairs.append(f"| {b} | {bb} | {len(seeds)} | {_mean_sd(gaps)} | {spread:.4f} | {verdict} |")
+  if pairs:
+    out += [
+      "",
+      "SSDH minus supervised-only (mAP@all, paired by seed); spread = the larger of the two seed std's:",
+      "",
+      "| bits | backbone | seeds | gap mean ± std | spread | gap > spread |",
+      "|---|---|---|---|---|---|",
+      *pairs,
+    ]
+  return out
+
+
 def table(rows: list[dict], header: str) -> str:
   cols = [
     "method",
@@ -270,14 +318,7 @@ def table(rows: list[dict], header: str) -> str:
         v = f"{v:.4f}" if c in ("map", "p_h2") else f"{v:.1f}"
       vals.append(str(v))
     lines.append("| " + " | ".join(vals) + " |")
-  # mean ± std over seeds where a method ran more than once.
-  groups: dict[tuple, list[float]] = {}
-  for r in rows:
-    groups.setdefault((r["method"], r["bits"], r["backbone"]), []).append(r["map"])
-  lines += ["", "| method | bits | backbone | seeds | mAP@all mean ± std |", "|---|---|---|---|---|"]
-  for (m, b, bb), v in groups.items():
-    sd = float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
-    lines.append(f"| {m} | {b} | {bb} | {len(v)} | {np.mean(v):.4f} ± {sd:.4f} |")
+  lines += ["", *summary(rows)]
   return "\n".join(lines) + "\n"
 
 

@@ -129,3 +129,23 @@ def test_unpack_moves_nested_folder_and_names_missing_archive(quality, tmp_path)
   assert os.path.exists(os.path.join(dest, "test", "dog", "1.jpg"))
   with pytest.raises(FileNotFoundError, match=r"nope\.tar\.xz"):
     quality.unpack_cifar10(str(tmp_path / "nope.tar.xz"), str(tmp_path / "other"))
+
+
+def _row(method: str, seed: int, m: float) -> dict:
+  return {"method": method, "bits": 12, "backbone": "small_cnn", "seed": seed, "map": m, "p_h2": 0.2,
+          "wall_s": 10.0, "images_per_sec": 200.0, "steps": 5, "split_hash": "ab", "command": "c"}  # fmt: skip
+
+
+def test_summary_pairs_ssdh_with_supervised_by_seed(quality):
+  ssdh, sup = [0.40, 0.46, 0.43], [0.30, 0.31, 0.35]
+  rows = [_row("ssdh", s, m) for s, m in enumerate(ssdh)] + [
+    _row("supervised", s, m) for s, m in enumerate(sup)
+  ]
+  rows.append(_row("supervised", 7, 0.9))  # a seed SSDH lacks is not paired
+  text = "\n".join(quality.summary(rows))
+  gaps = np.subtract(ssdh, sup)
+  spread = max(np.std(ssdh, ddof=1), np.std(sup, ddof=1))
+  assert f"| 12 | small_cnn | 3 | {gaps.mean():.4f} ± {gaps.std(ddof=1):.4f} | {spread:.4f} | yes |" in text
+  flipped = [dict(r, method={"ssdh": "supervised", "supervised": "ssdh"}[r["method"]]) for r in rows[:6]]
+  assert "| no |" in "\n".join(quality.summary(flipped))
+  assert "no (one seed)" in "\n".join(quality.summary([_row("ssdh", 0, 0.5), _row("supervised", 0, 0.4)]))
