@@ -64,11 +64,23 @@ def packaged_mobilenet_v2() -> str:
   return path
 
 
-def _images_per_sec(run_dir: str) -> float:
+def _logged(run_dir: str, name: str) -> list[float]:
   path = os.path.join(run_dir, "metrics.jsonl")
-  vals = [json.loads(line).get("images_per_sec") for line in open(path)]
-  vals = [v for v in vals if v is not None][1:]  # the first window includes compilation
+  if not os.path.exists(path):
+    return []
+  vals = [json.loads(line).get(name) for line in open(path)]
+  return [float(v) for v in vals if v is not None]
+
+
+def _images_per_sec(run_dir: str) -> float:
+  vals = _logged(run_dir, "images_per_sec")[1:]  # the first window includes compilation
   return float(np.median(vals)) if vals else float("nan")
+
+
+def _graph_purity(run_dir: str) -> float:
+  """Label agreement of the online graph's neighbour pairs (labeled ones) in the last logged window."""
+  vals = _logged(run_dir, "graph_purity")
+  return vals[-1] if vals else float("nan")
 
 
 def _config_module(backbone: str):
@@ -161,6 +173,7 @@ def train_method(args, method: str, bits: int, seed: int, backbone: str) -> dict
     "p_h2": float(res["metrics"]["precision_radius"]),
     "wall_s": wall,
     "images_per_sec": _images_per_sec(run_dir),
+    "graph_purity": _graph_purity(run_dir),
     "split_hash": res["key"]["split_hash"],
     "steps": int(c.train.num_steps),
     "command": train_command(c, backbone, bits, run_dir),
@@ -254,14 +267,17 @@ def summary(rows: list[dict]) -> list[str]:
   for r in rows:
     groups.setdefault((r["method"], r["bits"], r["backbone"]), []).append(r)
   out = [
-    "| method | bits | backbone | seeds | mAP@all mean ± std | P@H≤2 mean ± std | wall s/run | images/s |",
-    "|---|---|---|---|---|---|---|---|",
+    "| method | bits | backbone | seeds | mAP@all mean ± std | P@H≤2 mean ± std | wall s/run | images/s "
+    "| graph purity (end) |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for (m, b, bb), g in groups.items():
     ips = [r["images_per_sec"] for r in g if np.isfinite(r["images_per_sec"])]
+    purity = [r["graph_purity"] for r in g if np.isfinite(r.get("graph_purity", np.nan))]
     out.append(
       f"| {m} | {b} | {bb} | {len(g)} | {_mean_sd([r['map'] for r in g])} | {_mean_sd([r['p_h2'] for r in g])} "
-      f"| {np.mean([r['wall_s'] for r in g]):.0f} | {f'{np.median(ips):.0f}' if ips else 'n/a'} |"
+      f"| {np.mean([r['wall_s'] for r in g]):.0f} | {f'{np.median(ips):.0f}' if ips else 'n/a'} "
+      f"| {_mean_sd(purity, 3) if purity else 'n/a'} |"
     )
   pairs = []
   for (m, b, bb), g in groups.items():
@@ -375,6 +391,7 @@ def main(argv=None) -> None:
         f.write(json.dumps(row) + "\n")
     if command:  # derived from the arguments, so rows from older versions of this script get it too
       row["command"] = command
+      row.setdefault("graph_purity", _graph_purity(_run_dir(args, *key[:4])))
     print(json.dumps(row), flush=True)
     rows.append(row)
 

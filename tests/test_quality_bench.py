@@ -50,8 +50,9 @@ def test_train_method_configures_each_baseline(quality, tmp_path, monkeypatch, m
     seen["config"] = config
     os.makedirs(workdir)
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-      for ips in (5.0, 100.0, 120.0, 110.0):  # the first window (compilation) is dropped
-        f.write(json.dumps({"step": 1, "images_per_sec": ips}) + "\n")
+      for ips, purity in ((5.0, 0.1), (100.0, 0.2), (120.0, 0.3), (110.0, 0.6)):  # window 1 (compile) dropped
+        f.write(json.dumps({"step": 1, "images_per_sec": ips, "graph_purity": purity}) + "\n")
+      f.write(json.dumps({"step": 1, "val_map": 0.2}) + "\n")
     return {"metrics": {"map": 0.25, "precision_radius": 0.5}, "key": {"split_hash": "abc123"}}
 
   monkeypatch.setattr(train_lib, "train_and_evaluate", fake_train)
@@ -61,7 +62,12 @@ def test_train_method_configures_each_baseline(quality, tmp_path, monkeypatch, m
   assert (c.loss.lam, c.data.include_unlabeled, c.loss.name) == (lam, unlabeled, loss)
   assert (c.seed, c.model.bits, c.model.width, c.train.num_steps, c.data.split_seed) == (2, 48, 8, 7, 3)
   assert c.data.protocol == "cifar10" and c.data.manual_dir == str(tmp_path / "data")
-  assert row["images_per_sec"] == 110.0 and row["map"] == 0.25 and row["split_hash"] == "abc123"
+  assert (
+    row["images_per_sec"] == 110.0
+    and row["graph_purity"] == 0.6
+    and row["map"] == 0.25
+    and row["split_hash"] == "abc123"
+  )
   assert row["command"].startswith("python train.py --config configs/cifar10_small_cnn.py:48 ")
   assert row["command"].endswith(f"--workdir {tmp_path / 'runs' / f'small_cnn_{method}_48b_s2'}")
 
