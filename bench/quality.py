@@ -243,6 +243,15 @@ def shallow_method(args, method: str, bits: int, feats, splits, meta) -> dict:
   }
 
 
+def _host() -> str:
+  model = ""
+  if os.path.exists("/proc/cpuinfo"):
+    model = next(
+      (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), ""
+    )
+  return f"{os.cpu_count()} host cores{f' ({model})' if model else ''}"
+
+
 def _load_rows(path: str) -> dict[tuple, dict]:
   """Finished runs from an earlier (interrupted) invocation, keyed by what determines them."""
   done = {}
@@ -386,7 +395,7 @@ def main(argv=None) -> None:
     row = done.get(key)
     if row is None:
       row = make()
-      row["width"] = args.width if row["backbone"] == "small_cnn" else 0
+      row["width"] = key[5]
       with open(rows_path, "a") as f:
         f.write(json.dumps(row) + "\n")
     if command:  # derived from the arguments, so rows from older versions of this script get it too
@@ -400,7 +409,8 @@ def main(argv=None) -> None:
   shallow = [(m, b) for b in bits_list for m in ("itq", "lsh") if m in methods]
   fbb = f"mobilenet_v2 ImageNet features @{args.feature_size}px (fixed)"
   feats = splits = meta = None
-  if any((m, b, 0, fbb, 0, args.width) not in done for m, b in shallow):
+  # Fixed-feature rows do not depend on --steps or --width: keyed with 0 for both.
+  if any((m, b, 0, fbb, 0, 0) not in done for m, b in shallow):
     from ssdh_jax.data import pipeline
 
     c = base_config(args, bits_list[0], "small_cnn")
@@ -410,7 +420,7 @@ def main(argv=None) -> None:
     feats = backbone_features(args, splits, args.feature_size)
     feats["seconds"] = time.perf_counter() - t0
   for method, bits in shallow:
-    key = (method, bits, 0, fbb, 0, args.width)
+    key = (method, bits, 0, fbb, 0, 0)
     record(key, functools.partial(shallow_method, args, method, bits, feats, splits, meta))
   for seed in range(args.seeds):
     for bits in bits_list:
@@ -418,17 +428,19 @@ def main(argv=None) -> None:
         for method in ("ssdh", "supervised", "dpsh"):
           if method not in methods or (method == "dpsh" and seed > 0):
             continue
-          key = (method, bits, seed, backbone, args.steps, args.width)
+          key = (method, bits, seed, backbone, args.steps, args.width if backbone == "small_cnn" else 0)
           run_dir = _run_dir(args, method, bits, seed, backbone)
           cmd = train_command(method_config(args, method, bits, seed, backbone), backbone, bits, run_dir)
           record(key, functools.partial(train_method, args, method, bits, seed, backbone), cmd)
   import jax
 
-  device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} host cores"
+  device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__}), {_host()}"
+  feat_s = [r["features_s"] for r in rows if "features_s" in r]
   cmd = "python " + " ".join(shlex.quote(a) for a in ["bench/quality.py", *(argv or sys.argv[1:])])
   header = (
     f"## Quality grid — protocol cifar10, metric mAP@all (R = all) and P@H<=2\n\n"
     f"Command: `{cmd}`  \nMachine: {device}"
+    + (f"  \nITQ/LSH feature extraction (once, not in their wall_s): {feat_s[0]:.0f} s" if feat_s else "")
   )
   text = table(rows, header)
   print(text)

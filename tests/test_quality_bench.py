@@ -155,3 +155,34 @@ def test_summary_pairs_ssdh_with_supervised_by_seed(quality):
   flipped = [dict(r, method={"ssdh": "supervised", "supervised": "ssdh"}[r["method"]]) for r in rows[:6]]
   assert "| no |" in "\n".join(quality.summary(flipped))
   assert "no (one seed)" in "\n".join(quality.summary([_row("ssdh", 0, 0.5), _row("supervised", 0, 0.4)]))
+
+
+def test_finished_grid_is_not_rerun(quality, tmp_path, monkeypatch):
+  """With every cell in rows.jsonl, main() only rebuilds the table: no training, no feature extraction."""
+  data = tmp_path / "data"
+  data.mkdir()
+  (data / ".complete").touch()
+  work = tmp_path / "runs"
+  work.mkdir()
+  fbb = "mobilenet_v2 ImageNet features @64px (fixed)"
+  cells = [("itq", 12, 0, fbb, 0, 0)]
+  cells += [(m, 12, s, "small_cnn", 5, 8) for s in range(2) for m in ("ssdh", "supervised")]
+  with open(work / "rows.jsonl", "w") as f:
+    for m, b, s, bb, steps, w in cells:
+      row = _row(m, s, 0.3 + 0.01 * s) | {"bits": b, "backbone": bb, "steps": steps, "width": w}
+      f.write(json.dumps(row) + "\n")
+
+  def refuse(*a, **k):
+    raise AssertionError("a finished cell was run again")
+
+  monkeypatch.setattr(quality, "train_method", refuse)
+  monkeypatch.setattr(quality, "backbone_features", refuse)
+  out = tmp_path / "table.md"
+  quality.main(
+    ["--quick", "--steps", "5", "--width", "8", "--bits", "12", "--seeds", "2", "--methods", "ssdh,supervised,itq",
+     "--data-dir", str(data), "--workdir", str(work), "--mobilenet-weights", "unused.pth", "--out", str(out)]
+  )  # fmt: skip
+  text = out.read_text()
+  assert text.count("| ssdh | 12 | small_cnn |") == 3  # two seed rows + the summary row
+  assert "--config.model.width=8" in text  # commands are rebuilt for rows from older script versions
+  assert len((work / "rows.jsonl").read_text().splitlines()) == len(cells)
