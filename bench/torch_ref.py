@@ -37,6 +37,18 @@ def _caffe_lrn() -> nn.Module:
   return nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
 
 
+def fc6_fc7(in_features: int, dropout: float) -> nn.Sequential:
+  """The two 4096-wide fully connected layers (ReLU, dropout) of VGG-F and VGG-16."""
+  return nn.Sequential(
+    nn.Linear(in_features, 4096),
+    nn.ReLU(inplace=True),
+    nn.Dropout(dropout),
+    nn.Linear(4096, 4096),
+    nn.ReLU(inplace=True),
+    nn.Dropout(dropout),
+  )
+
+
 class VGGF(nn.Module):
   """Caffe VGG-F / CNN-F backbone: (B, 3, 224, 224) BGR → (B, 4096) fc7 features."""
 
@@ -59,14 +71,7 @@ class VGGF(nn.Module):
       nn.ReLU(inplace=True),
       nn.MaxPool2d(3, 2, ceil_mode=True),
     )
-    self.classifier = nn.Sequential(
-      nn.Linear(256 * 6 * 6, 4096),
-      nn.ReLU(inplace=True),
-      nn.Dropout(dropout),
-      nn.Linear(4096, 4096),
-      nn.ReLU(inplace=True),
-      nn.Dropout(dropout),
-    )
+    self.classifier = fc6_fc7(256 * 6 * 6, dropout)
 
   def forward(self, x: Tensor) -> Tensor:
     return self.classifier(torch.flatten(self.features(x), 1))
@@ -87,14 +92,7 @@ class VGG16(nn.Module):
         cin = v
     self.features = nn.Sequential(*layers)
     self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-    self.classifier = nn.Sequential(
-      nn.Linear(512 * 7 * 7, 4096),
-      nn.ReLU(inplace=True),
-      nn.Dropout(dropout),
-      nn.Linear(4096, 4096),
-      nn.ReLU(inplace=True),
-      nn.Dropout(dropout),
-    )
+    self.classifier = fc6_fc7(512 * 7 * 7, dropout)
 
   def forward(self, x: Tensor) -> Tensor:
     return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
