@@ -156,6 +156,16 @@ def _run_dir(args, method: str, bits: int, seed: int, backbone: str) -> str:
   return os.path.join(args.workdir, f"{backbone}_{method}_{bits}b_s{seed}")
 
 
+def derived_fields(args, method: str, bits: int, seed: int, backbone: str) -> dict:
+  """Row fields that follow from the arguments and the run directory alone (so rows written by an older
+  version of this script can be brought up to date without training again)."""
+  run_dir = _run_dir(args, method, bits, seed, backbone)
+  return {
+    "graph_purity": _graph_purity(run_dir),
+    "command": train_command(method_config(args, method, bits, seed, backbone), backbone, bits, run_dir),
+  }
+
+
 def train_method(args, method: str, bits: int, seed: int, backbone: str) -> dict:
   from ssdh_jax import train_lib
 
@@ -173,10 +183,9 @@ def train_method(args, method: str, bits: int, seed: int, backbone: str) -> dict
     "p_h2": float(res["metrics"]["precision_radius"]),
     "wall_s": wall,
     "images_per_sec": _images_per_sec(run_dir),
-    "graph_purity": _graph_purity(run_dir),
     "split_hash": res["key"]["split_hash"],
     "steps": int(c.train.num_steps),
-    "command": train_command(c, backbone, bits, run_dir),
+    **derived_fields(args, method, bits, seed, backbone),
   }
 
 
@@ -290,9 +299,9 @@ def summary(rows: list[dict]) -> list[str]:
     )
   pairs = []
   for (m, b, bb), g in groups.items():
-    sup = {r["seed"]: r["map"] for r in groups.get(("supervised", b, bb), [])}
-    if m != "ssdh" or not sup:
+    if m != "ssdh":
       continue
+    sup = {r["seed"]: r["map"] for r in groups.get(("supervised", b, bb), [])}
     ssdh = {r["seed"]: r["map"] for r in g}
     seeds = sorted(set(sup) & set(ssdh))
     if not seeds:
@@ -391,26 +400,25 @@ def main(argv=None) -> None:
   done = _load_rows(rows_path)
   rows: list[dict] = []
 
-  def record(key: tuple, make, command: str = "") -> None:
+  def record(key: tuple, make, refresh=None) -> None:
     row = done.get(key)
     if row is None:
       row = make()
       row["width"] = key[5]
       with open(rows_path, "a") as f:
         f.write(json.dumps(row) + "\n")
-    if command:  # derived from the arguments, so rows from older versions of this script get it too
-      row["command"] = command
-      row.setdefault("graph_purity", _graph_purity(_run_dir(args, *key[:4])))
+    elif refresh is not None:  # stored values win, except the command, whose form changed across versions
+      row.update({k: v for k, v in refresh().items() if k == "command" or k not in row})
     print(json.dumps(row), flush=True)
     rows.append(row)
 
   # Cheap fixed-feature baselines first, then seeds outermost so a cut-short grid still pairs SSDH with
   # supervised-only on the same seeds.
-  shallow = [(m, b) for b in bits_list for m in ("itq", "lsh") if m in methods]
+  # Fixed-feature rows do not depend on the seed, --steps or --width: keyed with 0 for those.
   fbb = f"mobilenet_v2 ImageNet features @{args.feature_size}px (fixed)"
+  shallow = [(m, b, 0, fbb, 0, 0) for b in bits_list for m in ("itq", "lsh") if m in methods]
   feats = splits = meta = None
-  # Fixed-feature rows do not depend on --steps or --width: keyed with 0 for both.
-  if any((m, b, 0, fbb, 0, 0) not in done for m, b in shallow):
+  if any(key not in done for key in shallow):
     from ssdh_jax.data import pipeline
 
     c = base_config(args, bits_list[0], "small_cnn")
@@ -419,19 +427,17 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     feats = backbone_features(args, splits, args.feature_size)
     feats["seconds"] = time.perf_counter() - t0
-  for method, bits in shallow:
-    key = (method, bits, 0, fbb, 0, 0)
-    record(key, functools.partial(shallow_method, args, method, bits, feats, splits, meta))
+  for key in shallow:
+    record(key, functools.partial(shallow_method, args, key[0], key[1], feats, splits, meta))
   for seed in range(args.seeds):
     for bits in bits_list:
       for backbone in backbones:
-        for method in ("ssdh", "supervised", "dpsh"):
+        for method in METHODS:
           if method not in methods or (method == "dpsh" and seed > 0):
             continue
           key = (method, bits, seed, backbone, args.steps, args.width if backbone == "small_cnn" else 0)
-          run_dir = _run_dir(args, method, bits, seed, backbone)
-          cmd = train_command(method_config(args, method, bits, seed, backbone), backbone, bits, run_dir)
-          record(key, functools.partial(train_method, args, method, bits, seed, backbone), cmd)
+          cell = (args, method, bits, seed, backbone)
+          record(key, functools.partial(train_method, *cell), functools.partial(derived_fields, *cell))
   import jax
 
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__}), {_host()}"
