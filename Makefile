@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) $$b --quick || exit 1; done
 
-# Retrieval-quality grid on real CIFAR-10 (../shared/data/cifar10-jpeg.tar.xz); about 1 h 40 min on 2 CPU cores.
+# Retrieval-quality grid on real CIFAR-10 (../shared/data/cifar10-jpeg.tar.xz); about 1.5 h on 2 CPU cores.
 # Resumable: runs already listed in workdir/quality/rows.jsonl are not repeated.
 quality: $(STAMP)
 	$(PY) bench/quality.py --quick --workdir workdir/quality --out workdir/quality/quality_quick.md
