@@ -5,8 +5,15 @@ logits → gradients w.r.t. all params, jitted, on random weights (values do not
 (always) fp32 with a small batch; when JAX sees a GPU, also fp32 and bf16 compute with a larger batch.
 
   .venv/bin/python bench/bench_backbones.py [--quick] [--backbones vgg_f,mobilenet_v2] [--reps N]
+  .venv/bin/python bench/bench_backbones.py --depthwise-compare [--dw-batch 8] [--dw-size 160] [--dw-pairs 10]
 
---quick keeps to small_cnn, mobilenet_v2, alexnet and vgg_f at small batches (< 2 min on 2 CPU cores).
+--quick keeps to small_cnn, mobilenet_v2, alexnet and vgg_f at small batches (< 2 min on 2 CPU cores), then
+runs a small --depthwise-compare (batch 8, 96 px).
+
+--depthwise-compare times the MobileNetV2 backbone's train step (forward + backward, BatchNorm batch
+statistics) and inference step with depthwise='conv' (grouped convolution) against depthwise='shift' (shifted
+multiply-adds, ssdh_jax/models/depthwise.py), interleaved in one process so that load drifts hit both alike,
+and prints the median conv/shift time ratio with its spread over the pairs.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from ssdh_jax import models
+from ssdh_jax.models.mobilenet_v2 import MobileNetV2
 
 QUICK = ("small_cnn", "mobilenet_v2", "alexnet", "vgg_f")
 CPU_BATCH = {"small_cnn": 64, "mobilenet_v2": 4, "alexnet": 4, "vgg_f": 4, "vgg16": 2, "vgg19": 2}
@@ -91,12 +99,112 @@ def bench(name: str, batch: int, dtype: str, reps: int, device) -> dict:
   }
 
 
+def _compiled_steps(depthwise: str, variables, images) -> dict:
+  """Jitted, compiled MobileNetV2 backbone steps: 'train' (value and grad of a scalar of the features, batch
+  statistics) and 'infer' (features with running statistics)."""
+  model = MobileNetV2(depthwise=depthwise)
+
+  def train(variables, images):
+    def loss_fn(params):
+      out, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
+      return out.mean()
+
+    return jax.value_and_grad(loss_fn)(variables["params"])
+
+  def infer(variables, images):
+    return model.apply(variables, images, train=False)
+
+  return {k: jax.jit(f).lower(variables, images).compile() for k, f in (("train", train), ("infer", infer))}
+
+
+def depthwise_compare(batch: int, size: int, pairs: int, device) -> list[dict]:
+  """Per step kind, the conv/shift time ratios of `pairs` back-to-back (conv, shift) timings after warm-up;
+  the order within a pair alternates so that neither impl always runs on the warmer cache."""
+  x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda x: MobileNetV2().init({"params": jax.random.key(0)}, x), x)
+  variables = jax.device_put(_random_variables(shapes), device)
+  images = jax.device_put(jnp.asarray(np.random.default_rng(1).standard_normal(x.shape, np.float32)), device)
+  t = time.perf_counter()
+  steps = {impl: _compiled_steps(impl, variables, images) for impl in ("conv", "shift")}
+  compile_s = time.perf_counter() - t
+
+  def timed(fn) -> float:
+    t = time.perf_counter()
+    jax.block_until_ready(fn(variables, images))
+    return time.perf_counter() - t
+
+  rows = []
+  for kind in ("train", "infer"):
+    for impl in ("conv", "shift"):
+      for _ in range(2):  # warm-up: first-call allocations, thread-pool spin-up
+        timed(steps[impl][kind])
+    times = {"conv": [], "shift": []}
+    for i in range(pairs):
+      for impl in ("conv", "shift") if i % 2 == 0 else ("shift", "conv"):
+        times[impl].append(timed(steps[impl][kind]))
+    conv, shift = np.array(times["conv"]), np.array(times["shift"])
+    ratio = conv / shift
+    rows.append(
+      {
+        "kind": kind,
+        "conv_ms": 1e3 * np.median(conv),
+        "shift_ms": 1e3 * np.median(shift),
+        "ratio": np.median(ratio),
+        "ratio_min": ratio.min(),
+        "ratio_max": ratio.max(),
+        "ratio_q1": np.percentile(ratio, 25),
+        "ratio_q3": np.percentile(ratio, 75),
+      }
+    )
+  rows[0]["compile_s"] = compile_s
+  return rows
+
+
+def print_depthwise_compare(batch: int, size: int, pairs: int) -> None:
+  cpu = jax.devices("cpu")[0]
+  loads = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+  affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  print(
+    f"\n## MobileNetV2 depthwise lowering: conv (grouped conv) vs shift (shifted multiply-adds), "
+    f"backbone only, fp32, JAX {jax.__version__}\n"
+  )
+  print(
+    f"CPU: os.cpu_count()={os.cpu_count()}, usable cores={affinity} (XLA:CPU uses them all), load average "
+    f"(1/5/15 min) at start: {loads}; XLA_FLAGS={xla_flags!r}; batch {batch}, {size}x{size}, "
+    f"{pairs} interleaved pairs after 2 warm-up calls each."
+  )
+  rows = depthwise_compare(batch, size, pairs, cpu)
+  print(f"compile (4 steps): {rows[0]['compile_s']:.1f} s; load average at end: {os.getloadavg()[0]:.2f}\n")
+  print("| step | conv ms (median) | shift ms (median) | conv/shift (median of pairs) | min–max | IQR |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    print(
+      f"| {r['kind']} | {r['conv_ms']:.1f} | {r['shift_ms']:.1f} | {r['ratio']:.2f}x | "
+      f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} | {r['ratio_q1']:.2f}–{r['ratio_q3']:.2f} |"
+    )
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="small backbones and batches (< 2 min on 2 CPU cores)")
   ap.add_argument("--backbones", default="", help="comma-separated subset (default: all, or the quick set)")
   ap.add_argument("--reps", type=int, default=0, help="timed steps per row (default 3 quick, 10 full)")
+  ap.add_argument(
+    "--depthwise-compare", action="store_true", help="only the MobileNetV2 depthwise conv-vs-shift comparison"
+  )
+  ap.add_argument("--dw-batch", type=int, default=8, help="depthwise comparison batch")
+  ap.add_argument(
+    "--dw-size", type=int, default=0, help="depthwise comparison input size (default 96 quick, 160)"
+  )
+  ap.add_argument(
+    "--dw-pairs", type=int, default=0, help="depthwise comparison: timed pairs (default 8 quick, 10)"
+  )
   args = ap.parse_args()
+  dw_size, dw_pairs = args.dw_size or (96 if args.quick else 160), args.dw_pairs or (8 if args.quick else 10)
+  if args.depthwise_compare:
+    print_depthwise_compare(args.dw_batch, dw_size, dw_pairs)
+    return
   names = args.backbones.split(",") if args.backbones else list(QUICK if args.quick else models.BACKBONES)
   reps = args.reps or (3 if args.quick else 10)
 
@@ -125,6 +233,8 @@ def main():
     )
   if jax.default_backend() != "gpu":
     print("\nNo GPU visible to JAX: only the CPU rows were measured.")
+  if args.quick:
+    print_depthwise_compare(args.dw_batch, dw_size, dw_pairs)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Retrieval quality grid on real CIFAR-10: {SSDH, supervised-only, DPSH, ITQ, LSH} x bits (x seeds).
 
   python bench/quality.py --quick            # CPU: 32x32 small CNN from scratch, short schedule
+  python bench/quality.py --pretrained       # CPU: ImageNet MobileNetV2 at 160 px, frozen up to --trainable
   python bench/quality.py --full             # GPU: MobileNetV2 (packaged ImageNet weights) at 224 + small CNN
 
 Protocol `cifar10` (1,000 queries / 5,000 labeled / 54,000 unlabeled + database), split seed fixed so every
 method sees the same labeled set and the same step budget. ITQ and LSH hash fixed ImageNet MobileNetV2 features
-(global-pooled, 1280-d) of the same images. The table (mAP@all, P@H<=2, wall time, images/s, seed, split hash,
+(global-pooled, 1280-d) of the same images. In --pretrained mode every trained method fine-tunes the same
+partly frozen MobileNetV2, whose frozen prefix is computed once for the whole grid (the feature cache), and
+ITQ/LSH hash that backbone's frozen pooled features at the same input size. The table (mAP@all, P@H<=2, wall time, images/s, seed, split hash,
 backbone, command) is printed and written to --out; per-run reports stay under --workdir.
 """
 
@@ -83,22 +86,71 @@ def _graph_purity(run_dir: str) -> float:
   return vals[-1] if vals else float("nan")
 
 
+def _graph_purity_mean(run_dir: str) -> float:
+  """The same, averaged over every logged window of the run."""
+  vals = _logged(run_dir, "graph_purity")
+  return float(np.mean(vals)) if vals else float("nan")
+
+
+TERMS = ("rank", "emb", "pl", "cls", "pair", "quant")
+
+
+def _grad_shares(run_dir: str) -> dict[str, float]:
+  """Each loss term's share of the summed per-term gradient norms, and its cosine with the total gradient,
+  averaged over the logged windows (runs with train.term_grad_norms only)."""
+  rows = (
+    [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    if os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
+    else []
+  )
+  rows = [r for r in rows if any(f"gnorm_{t}" in r for t in TERMS)]
+  out: dict[str, float] = {}
+  if not rows:
+    return out
+  for t in TERMS:
+    if f"gnorm_{t}" not in rows[0]:
+      continue
+    shares = [r[f"gnorm_{t}"] / max(sum(r.get(f"gnorm_{u}", 0.0) for u in TERMS), 1e-30) for r in rows]
+    out[f"gshare_{t}"] = float(np.mean(shares))
+    out[f"gcos_{t}"] = float(np.mean([r[f"gcos_{t}"] for r in rows]))
+  return out
+
+
 def _config_module(backbone: str):
-  if backbone == "mobilenet_v2":
+  if backbone == "mobilenet_v2_cpu":
+    from configs import cifar10_mobilenet_v2_cpu as cfg_mod
+  elif backbone == "mobilenet_v2":
     from configs import cifar10_mobilenet_v2 as cfg_mod
   else:
     from configs import cifar10_small_cnn as cfg_mod
   return cfg_mod
 
 
+def _config_name(args, backbone: str) -> str:
+  return "mobilenet_v2_cpu" if args.pretrained and backbone == "mobilenet_v2" else backbone
+
+
+def backbone_label(args, backbone: str, trainable: str = "") -> str:
+  """How a trained row names its network (and what keys it on resume)."""
+  if args.pretrained and backbone == "mobilenet_v2":
+    return f"mobilenet_v2 ImageNet {args.image_size}px, trainable={trainable or args.trainable}"
+  return backbone
+
+
 def base_config(args, bits: int, backbone: str):
-  c = _config_module(backbone).get_config(str(bits))
+  c = _config_module(_config_name(args, backbone)).get_config(str(bits))
   c.data.manual_dir = args.data_dir
   c.data.cache_dir = os.path.join(args.data_dir, "cache")
   c.data.split_seed = args.split_seed
   c.train.progress = False
   if backbone == "mobilenet_v2":
     c.model.pretrained = args.mobilenet_weights
+  if args.pretrained:
+    c.data.resize_size = c.data.image_size = args.image_size
+    c.model.trainable = args.trainable
+    c.train.term_grad_norms = 25
+    if args.steps:
+      c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = args.steps
   if args.quick:
     c.model.width = args.width
     c.train.num_steps = args.steps
@@ -115,16 +167,34 @@ METHODS = {
   "ssdh": {},
   "supervised": {"loss.lam": 0.0, "data.include_unlabeled": False},
   "dpsh": {"loss.name": "dpsh", "data.include_unlabeled": False},
+  # Remedies for unlabeled terms that hurt (issue 12, section 4), each one config change:
+  "ssdh_features": {"loss.graph_feature": "features"},  # graph from backbone features, not the codes
+  "ssdh_release": {"loss.variant": "multi_label"},  # the release's full objective: + pseudo-label, class
+  "ssdh_ramp": {"loss.lam_rampup_steps": -1},  # λ ramped up over the first half of training (-1: steps/2)
 }
+SEEDED = (
+  "ssdh",
+  "supervised",
+  "ssdh_features",
+  "ssdh_release",
+  "ssdh_ramp",
+)  # run for every seed; the rest seed 0
+E2E = "ssdh_e2e"  # --e2e: SSDH with every backbone layer trainable (no cache), 48 bits, seed 0
 
 
 def method_config(args, method: str, bits: int, seed: int, backbone: str):
   """The locked training config of one grid cell."""
   c = base_config(args, bits, backbone)
   c.seed = seed
-  for key, value in METHODS[method].items():
+  if method == E2E:
+    c.model.trainable = "all"
+    c.train.batch_size = args.e2e_batch
+    c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = args.e2e_steps
+    c.train.log_every = max(args.e2e_steps // 5, 1)
+    c.train.term_grad_norms = 0  # one backward pass per term over the whole network: too dear here
+  for key, value in METHODS.get(method, {}).items():
     sect, field = key.split(".")
-    c[sect][field] = value
+    c[sect][field] = c.train.num_steps // 2 if key == "loss.lam_rampup_steps" else value
   c.lock()
   return c
 
@@ -140,7 +210,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def train_command(config, backbone: str, bits: int, workdir: str) -> str:
-  """The train.py command line that trains this cell alone: the config file plus every field that differs."""
+  """The train.py command line that trains this cell alone: the config file plus every field that differs.
+
+  backbone: the config module's suffix (small_cnn, mobilenet_v2, mobilenet_v2_cpu).
+  """
   ref = _flat(_config_module(backbone).get_config(str(bits)).to_dict())
   flags = [
     f"--config.{k}={shlex.quote(str(v))}"
@@ -153,16 +226,22 @@ def train_command(config, backbone: str, bits: int, workdir: str) -> str:
 
 
 def _run_dir(args, method: str, bits: int, seed: int, backbone: str) -> str:
-  return os.path.join(args.workdir, f"{backbone}_{method}_{bits}b_s{seed}")
+  name = _config_name(args, backbone)
+  if args.pretrained and backbone == "mobilenet_v2":
+    name += f"{args.image_size}_{'all' if method == E2E else args.trainable}"
+  return os.path.join(args.workdir, f"{name}_{method}_{bits}b_s{seed}")
 
 
 def derived_fields(args, method: str, bits: int, seed: int, backbone: str) -> dict:
   """Row fields that follow from the arguments and the run directory alone (so rows written by an older
   version of this script can be brought up to date without training again)."""
   run_dir = _run_dir(args, method, bits, seed, backbone)
+  config = method_config(args, method, bits, seed, backbone)
   return {
     "graph_purity": _graph_purity(run_dir),
-    "command": train_command(method_config(args, method, bits, seed, backbone), backbone, bits, run_dir),
+    "graph_purity_mean": _graph_purity_mean(run_dir),
+    **_grad_shares(run_dir),
+    "command": train_command(config, _config_name(args, backbone), bits, run_dir),
   }
 
 
@@ -178,7 +257,7 @@ def train_method(args, method: str, bits: int, seed: int, backbone: str) -> dict
     "method": method,
     "bits": bits,
     "seed": seed,
-    "backbone": backbone,
+    "backbone": backbone_label(args, backbone, c.model.trainable),
     "map": float(res["metrics"]["map"]),
     "p_h2": float(res["metrics"]["precision_radius"]),
     "wall_s": wall,
@@ -214,6 +293,36 @@ def backbone_features(args, splits, size: int) -> dict[str, np.ndarray]:
   return out
 
 
+def pretrained_pooled_features(args) -> tuple[dict[str, np.ndarray], dict, dict]:
+  """Frozen pooled ImageNet MobileNetV2 features at --image-size for ITQ/LSH, read through the grid's own
+  feature cache (the cached input of the first trainable layer, then the frozen remaining layers)."""
+  import jax
+
+  from ssdh_jax import models, train_lib
+  from ssdh_jax.data import pipeline
+
+  c = method_config(args, "ssdh", 48, 0, "mobilenet_v2")
+  workdir = os.path.join(args.workdir, "features")
+  splits, meta = pipeline.load_splits(c, workdir)
+  init_model = models.build_model(c.model)
+  tx, _, _ = train_lib.make_tx(
+    c, jax.eval_shape(lambda k: models.init_variables(init_model, k, 32), jax.random.PRNGKey(0))["params"]
+  )
+  state = train_lib.create_train_state(c, init_model, tx, jax.random.PRNGKey(0))
+  _, view, _ = train_lib.input_view(c, state, splits, workdir)
+  layer = train_lib.cached_prefix_layer(c)
+  rest = models.build_backbone(
+    "mobilenet_v2", layers=(layer, len(models.backbone_layers("mobilenet_v2")), 99)
+  )
+  variables = {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]}
+  apply = jax.jit(lambda x: rest.apply(variables, x, train=False))
+  out = {}
+  for name in ("query", "database"):
+    x = view[name].images
+    out[name] = np.concatenate([np.asarray(apply(x[i : i + 1000])) for i in range(0, len(x), 1000)])
+  return out, splits, meta
+
+
 def shallow_method(args, method: str, bits: int, feats, splits, meta) -> dict:
   import jax
 
@@ -237,7 +346,7 @@ def shallow_method(args, method: str, bits: int, feats, splits, meta) -> dict:
     "method": method,
     "bits": bits,
     "seed": 0,
-    "backbone": f"mobilenet_v2 ImageNet features @{args.feature_size}px (fixed)",
+    "backbone": _fixed_label(args),
     "map": float(res["map"]),
     "p_h2": float(res["precision_radius"]),
     "wall_s": time.perf_counter() - t0,
@@ -246,10 +355,20 @@ def shallow_method(args, method: str, bits: int, feats, splits, meta) -> dict:
     "split_hash": meta["split_hash"],
     "steps": 0,
     "command": (
-      f"python bench/quality.py --{'quick' if args.quick else 'full'} --methods {method} --bits {bits} "
-      f"--feature-size {args.feature_size} --split-seed {args.split_seed}"
+      f"python bench/quality.py --{_mode(args)} --methods {method} --bits {bits} "
+      + (f"--image-size {args.image_size}" if args.pretrained else f"--feature-size {args.feature_size}")
+      + f" --split-seed {args.split_seed}"
     ),
   }
+
+
+def _mode(args) -> str:
+  return "quick" if args.quick else "pretrained" if args.pretrained else "full"
+
+
+def _fixed_label(args) -> str:
+  size = args.image_size if args.pretrained else args.feature_size
+  return f"mobilenet_v2 ImageNet features @{size}px (fixed)"
 
 
 def _host() -> str:
@@ -279,27 +398,39 @@ def _mean_sd(v: list[float], digits: int = 4) -> str:
   return f"{np.mean(v):.{digits}f} ± {sd}"
 
 
+def _finite(g: list[dict], key: str) -> list[float]:
+  return [r[key] for r in g if key in r and np.isfinite(r[key])]
+
+
 def summary(rows: list[dict]) -> list[str]:
-  """Per (method, bits, backbone): mean ± sample std over seeds; then SSDH minus supervised-only, paired by seed."""
+  """Per (method, bits, backbone): mean ± sample std over seeds, the online graph's neighbour purity (end of
+  training and mean over it) and the graph-embedding term's share of the per-term gradient norms with its
+  cosine to the total gradient; then each SSDH variant minus supervised-only, paired by seed."""
   groups: dict[tuple, list[dict]] = {}
   for r in rows:
     groups.setdefault((r["method"], r["bits"], r["backbone"]), []).append(r)
   out = [
     "| method | bits | backbone | seeds | mAP@all mean ± std | P@H≤2 mean ± std | wall s/run | images/s "
-    "| graph purity (end) |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "| graph purity (end) | graph purity (mean) | emb grad share | cos(emb grad, total) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for (m, b, bb), g in groups.items():
-    ips = [r["images_per_sec"] for r in g if np.isfinite(r["images_per_sec"])]
-    purity = [r["graph_purity"] for r in g if np.isfinite(r.get("graph_purity", np.nan))]
+    ips = _finite(g, "images_per_sec")
+    cells = [
+      _mean_sd(v, 3) if v else "n/a" for v in (_finite(g, k) for k in ("graph_purity", "graph_purity_mean"))
+    ]
+    cells += [
+      f"{np.mean(v):.3f}" if v and m != "supervised" else "n/a"
+      for v in (_finite(g, k) for k in ("gshare_emb", "gcos_emb"))
+    ]
     out.append(
       f"| {m} | {b} | {bb} | {len(g)} | {_mean_sd([r['map'] for r in g])} | {_mean_sd([r['p_h2'] for r in g])} "
       f"| {np.mean([r['wall_s'] for r in g]):.0f} | {f'{np.median(ips):.0f}' if ips else 'n/a'} "
-      f"| {_mean_sd(purity, 3) if purity else 'n/a'} |"
+      f"| {' | '.join(cells)} |"
     )
   pairs = []
   for (m, b, bb), g in groups.items():
-    if m != "ssdh":
+    if not m.startswith("ssdh") or m == E2E:
       continue
     sup = {r["seed"]: r["map"] for r in groups.get(("supervised", b, bb), [])}
     ssdh = {r["seed"]: r["map"] for r in g}
@@ -308,18 +439,19 @@ def summary(rows: list[dict]) -> list[str]:
       continue
     gaps = [ssdh[s] - sup[s] for s in seeds]
     if len(seeds) == 1:
-      pairs.append(f"| {b} | {bb} | 1 | {gaps[0]:.4f} | n/a | no (one seed) |")
+      pairs.append(f"| {m} | {b} | {bb} | 1 | {gaps[0]:.4f} | n/a | no (one seed) |")
       continue
     spread = max(np.std([ssdh[s] for s in seeds], ddof=1), np.std([sup[s] for s in seeds], ddof=1))
     verdict = "yes" if np.mean(gaps) > spread else "no"
-    pairs.append(f"| {b} | {bb} | {len(seeds)} | {_mean_sd(gaps)} | {spread:.4f} | {verdict} |")
+    pairs.append(f"| {m} | {b} | {bb} | {len(seeds)} | {_mean_sd(gaps)} | {spread:.4f} | {verdict} |")
   if pairs:
     out += [
       "",
-      "SSDH minus supervised-only (mAP@all, paired by seed); spread = the larger of the two seed std's:",
+      "SSDH (and each remedy) minus supervised-only (mAP@all, paired by seed); spread = the larger of the two "
+      "seed std's:",
       "",
-      "| bits | backbone | seeds | gap mean ± std | spread | gap > spread |",
-      "|---|---|---|---|---|---|",
+      "| method | bits | backbone | seeds | gap mean ± std | spread | gap > spread |",
+      "|---|---|---|---|---|---|---|",
       *pairs,
     ]
   return out
@@ -361,13 +493,19 @@ def main(argv=None) -> None:
   mode = p.add_mutually_exclusive_group(required=True)
   mode.add_argument("--quick", action="store_true")
   mode.add_argument("--full", action="store_true")
+  mode.add_argument("--pretrained", action="store_true")
   p.add_argument("--bits", default="", help="comma list (quick: 12,48; full: 12,24,32,48)")
   p.add_argument("--seeds", type=int, default=3, help="seeds for SSDH and supervised-only")
   p.add_argument("--methods", default="ssdh,supervised,dpsh,itq,lsh")
   p.add_argument(
     "--backbones", default="", help="trained backbones (quick: small_cnn; full: mobilenet_v2,small_cnn)"
   )
-  p.add_argument("--steps", type=int, default=0, help="train steps (quick default 500)")
+  p.add_argument("--steps", type=int, default=0, help="train steps (quick default 500; pretrained: config's)")
+  p.add_argument("--image-size", type=int, default=160, help="--pretrained: input size (px)")
+  p.add_argument("--trainable", default="features_18", help="--pretrained: first trainable backbone layer")
+  p.add_argument("--e2e", action="store_true", help="--pretrained: add one all-layers-trainable SSDH run")
+  p.add_argument("--e2e-steps", type=int, default=100, help="steps of the --e2e run")
+  p.add_argument("--e2e-batch", type=int, default=64, help="global batch of the --e2e run")
   p.add_argument("--width", type=int, default=32, help="small_cnn width in --quick")
   p.add_argument(
     "--feature-size", type=int, default=0, help="input size for ITQ/LSH features (quick 64, full 224)"
@@ -378,6 +516,11 @@ def main(argv=None) -> None:
   p.add_argument("--split-seed", type=int, default=0)
   p.add_argument("--mobilenet-weights", default="")
   p.add_argument("--out", default="")
+  p.add_argument(
+    "--report-only",
+    action="store_true",
+    help="print the table of every row in <workdir>/rows.jsonl; train nothing",
+  )
   args = p.parse_args(argv)
   args.steps = args.steps or (500 if args.quick else 0)
   args.feature_size = args.feature_size or (64 if args.quick else 224)
@@ -385,8 +528,11 @@ def main(argv=None) -> None:
   methods = args.methods.split(",")
   for m in methods:
     if m not in (*METHODS, "itq", "lsh"):
-      p.error(f"--methods: {m!r} is not one of ssdh, supervised, dpsh, itq, lsh")
-  backbones = (args.backbones or ("small_cnn" if args.quick else "mobilenet_v2,small_cnn")).split(",")
+      p.error(f"--methods: {m!r} is not one of {', '.join([*METHODS, 'itq', 'lsh'])}")
+  default_backbones = (
+    "small_cnn" if args.quick else "mobilenet_v2" if args.pretrained else "mobilenet_v2,small_cnn"
+  )
+  backbones = (args.backbones or default_backbones).split(",")
   for b in backbones:
     if b not in ("small_cnn", "mobilenet_v2"):
       p.error(f"--backbones: {b!r} is not one of small_cnn, mobilenet_v2")
@@ -412,20 +558,26 @@ def main(argv=None) -> None:
     print(json.dumps(row), flush=True)
     rows.append(row)
 
+  if args.report_only:
+    rows.extend(done.values())
+    methods, bits_list, args.seeds, args.e2e = [], [], 0, False
   # Cheap fixed-feature baselines first, then seeds outermost so a cut-short grid still pairs SSDH with
   # supervised-only on the same seeds.
   # Fixed-feature rows do not depend on the seed, --steps or --width: keyed with 0 for those.
-  fbb = f"mobilenet_v2 ImageNet features @{args.feature_size}px (fixed)"
+  fbb = _fixed_label(args)
   shallow = [(m, b, 0, fbb, 0, 0) for b in bits_list for m in ("itq", "lsh") if m in methods]
   feats = splits = meta = None
   if any(key not in done for key in shallow):
     from ssdh_jax.data import pipeline
 
-    c = base_config(args, bits_list[0], "small_cnn")
-    c.lock()
-    splits, meta = pipeline.load_splits(c, os.path.join(args.workdir, "features"))
     t0 = time.perf_counter()
-    feats = backbone_features(args, splits, args.feature_size)
+    if args.pretrained:
+      feats, splits, meta = pretrained_pooled_features(args)
+    else:
+      c = base_config(args, bits_list[0], "small_cnn")
+      c.lock()
+      splits, meta = pipeline.load_splits(c, os.path.join(args.workdir, "features"))
+      feats = backbone_features(args, splits, args.feature_size)
     feats["seconds"] = time.perf_counter() - t0
   for key in shallow:
     record(key, functools.partial(shallow_method, args, key[0], key[1], feats, splits, meta))
@@ -433,20 +585,35 @@ def main(argv=None) -> None:
     for bits in bits_list:
       for backbone in backbones:
         for method in METHODS:
-          if method not in methods or (method == "dpsh" and seed > 0):
+          if method not in methods or (method not in SEEDED and seed > 0):
             continue
-          key = (method, bits, seed, backbone, args.steps, args.width if backbone == "small_cnn" else 0)
+          key = (
+            method,
+            bits,
+            seed,
+            backbone_label(args, backbone),
+            args.steps,
+            args.width if backbone == "small_cnn" else 0,
+          )
           cell = (args, method, bits, seed, backbone)
           record(key, functools.partial(train_method, *cell), functools.partial(derived_fields, *cell))
+  if args.e2e:
+    cell = (args, E2E, 48, 0, "mobilenet_v2")
+    key = (E2E, 48, 0, backbone_label(args, "mobilenet_v2", "all"), args.e2e_steps, 0)
+    record(key, functools.partial(train_method, *cell), functools.partial(derived_fields, *cell))
   import jax
 
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__}), {_host()}"
   feat_s = [r["features_s"] for r in rows if "features_s" in r]
   cmd = "python " + " ".join(shlex.quote(a) for a in ["bench/quality.py", *(argv or sys.argv[1:])])
+  what = (
+    "Frozen-prefix extraction (feature cache, once for the whole grid; not in any wall_s)"
+    if args.pretrained
+    else "ITQ/LSH feature extraction (once, not in their wall_s)"
+  )
   header = (
     f"## Quality grid — protocol cifar10, metric mAP@all (R = all) and P@H<=2\n\n"
-    f"Command: `{cmd}`  \nMachine: {device}"
-    + (f"  \nITQ/LSH feature extraction (once, not in their wall_s): {feat_s[0]:.0f} s" if feat_s else "")
+    f"Command: `{cmd}`  \nMachine: {device}" + (f"  \n{what}: {feat_s[0]:.0f} s" if feat_s else "")
   )
   text = table(rows, header)
   print(text)

@@ -51,6 +51,12 @@ def get_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"
   m.pretrained = ""  # path to a .pth (torchvision layout) or .npz (VGG-F) checkpoint; empty: random init
   m.preprocess = "unit"  # caffe_bgr | imagenet | unit
+  m.depthwise = "auto"  # depthwise conv: auto (shift on CPU, conv elsewhere) | conv | shift
+  m.trainable = "all"  # all | heads | a backbone layer (e.g. features_14): that layer onward trains
+  # Frozen prefix output computed once per image and cached on disk: auto (when the prefix sees no random
+  # augmentation, i.e. data.augment='none') | off. Training then runs only the trainable layers.
+  m.feature_cache = "auto"
+  m.feature_cache_dir = ""  # empty: <data.cache_dir>/features, or <workdir>/feature_cache
 
   # ---------------------------------------------------------------- loss
   c.loss = ls = ml_collections.ConfigDict()
@@ -61,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   ls.neg_window = (114, 124)  # non-neighbour window at window_ref_n (release: (120, 124) for 12 bits)
   ls.window_ref_n = 128  # the window scales linearly with the global batch size
   ls.lam = 0.1  # weight of the graph-embedding and pseudo-label terms
+  ls.lam_rampup_steps = 0  # λ grows linearly from 0 over these steps (0: the release's constant λ)
   ls.margin = 3.0  # contrastive margin m (release: 2.5 for 12 bits)
   ls.rank_margin = 1.0  # triplet margin
   ls.max_tries = 10  # tries to find a negative sharing no label with the positive
@@ -97,6 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
   t.keep_checkpoints = 3
   t.async_checkpoint = True
   t.progress = True
+  # Diagnostics: every this many steps, each loss term's own gradient norm and its cosine with the total
+  # gradient (one backward pass per term on those steps; 0: off).
+  t.term_grad_norms = 0
 
   # ---------------------------------------------------------------- evaluation
   c.eval = e = ml_collections.ConfigDict()

@@ -31,12 +31,17 @@ def _variables(state) -> dict:
   return v
 
 
-def make_encoder(model: flax.linen.Module, preprocess_name: str):
-  """A jitted (variables, uint8 images (B,H,W,3)) -> (codes bool (B,k), relaxed h float32 (B,k))."""
+def make_encoder(model: flax.linen.Module, preprocess_name: str | None):
+  """A jitted (variables, uint8 images (B,H,W,3)) -> (codes bool (B,k), relaxed h float32 (B,k)).
+
+  preprocess_name None: the inputs are cached activations, passed to the model as they are.
+  """
 
   @jax.jit
   def encode_batch(variables, images):
-    out = model.apply(variables, preprocessing.preprocess(images, preprocess_name), train=False)
+    if preprocess_name is not None:
+      images = preprocessing.preprocess(images, preprocess_name)
+    out = model.apply(variables, images, train=False)
     return hashing.binarize(out["codes"]), out["codes"]
 
   return encode_batch
@@ -62,7 +67,7 @@ def encode(
   bs = max(n_dev, bs - bs % n_dev)
   sharding = NamedSharding(Mesh(np.asarray(devices), ("data",)), P("data"))
   variables = jax.device_put(_variables(state), NamedSharding(sharding.mesh, P()))
-  encode_batch = make_encoder(model, config.model.preprocess)
+  encode_batch = make_encoder(model, None if pipeline.is_feature_array(examples) else config.model.preprocess)
   codes, relaxed, labels, ids = [], [], [], []
   for batch in pipeline.eval_batches(examples, config, bs):
     images = np.asarray(batch["image"])

@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssdh_jax import checkpoints, evaluate, index, models, optim
+from ssdh_jax import checkpoints, evaluate, index, models
 from ssdh_jax.data import pipeline
 
 
@@ -52,7 +52,7 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, checkpoint: s
   abstract = jax.eval_shape(
     lambda k: models.init_variables(model, k, config.data.image_size), jax.random.PRNGKey(0)
   )
-  tx, _ = optim.make_optimizer(config.optim, abstract["params"], config.train.num_steps)
+  tx, _, _ = train_lib.make_tx(config, abstract["params"])
   with config.unlocked():
     pretrained, config.model.pretrained = config.model.pretrained, ""  # the checkpoint holds every weight
     target = train_lib.create_train_state(config, model, tx, jax.random.PRNGKey(config.seed))
@@ -77,7 +77,11 @@ def evaluate_workdir(workdir: str, checkpoint: str = "best", overrides: Sequence
   """Restores a checkpoint, evaluates query vs database, writes the report and the database index."""
   config = load_run_config(workdir, overrides)
   split_data, meta = pipeline.load_splits(config, workdir)
-  model, state, step = restore_state(config, workdir, checkpoint)
+  from ssdh_jax import train_lib
+
+  _, state, step = restore_state(config, workdir, checkpoint)
+  # The frozen prefix's cached outputs (when the run used them) stand in for the images.
+  model, split_data, _ = train_lib.input_view(config, state, split_data, workdir)
   results = evaluate.evaluate_state(config, model, state, split_data, meta, step=step)
   evaluate.write_report(workdir, results, config)
   db = evaluate.encode(config, model, state, split_data["database"])

@@ -98,6 +98,15 @@ def _terms_on(cfg: Mapping, outputs: Mapping[str, Array]) -> dict[str, bool]:
   }
 
 
+def lam_ramp(cfg: Mapping, step: Array | int | None) -> Array:
+  """Factor on λ at `step`: linear from 0 to 1 over cfg.lam_rampup_steps (0 or step None: always 1), so the
+  unlabeled terms start once the codes, hence the online graph, carry some class structure."""
+  ramp = int(cfg.get("lam_rampup_steps", 0)) if hasattr(cfg, "get") else 0
+  if ramp <= 0 or step is None:
+    return jnp.float32(1.0)
+  return jnp.minimum(jnp.asarray(step, jnp.float32) / ramp, 1.0)
+
+
 # ------------------------------------------------------------------------------------------------ sampling
 
 
@@ -209,6 +218,7 @@ def ssdh_terms(
   cfg: Mapping,
   *,
   reduce_count: ReduceCount = _identity,
+  step: Array | int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """The differentiable SSDH terms given `ssdh_sample`'s indices. See `ssdh_loss` for args and returns."""
   h = outputs["codes"].astype(jnp.float32)
@@ -219,7 +229,7 @@ def ssdh_terms(
   a = samples["anchors"]
   lab_a = labeled[a]
   h_a = h[a]
-  lam = jnp.float32(cfg.lam)
+  lam = jnp.float32(cfg.lam) * lam_ramp(cfg, step)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
 
   # Graph purity: sampled neighbours p(i) != i with both rows labeled; numerator: they share a label.
@@ -276,6 +286,7 @@ def ssdh_loss(
   anchor_ids: Array | None = None,
   reduce_count: ReduceCount = _identity,
   row_ids: Array | None = None,
+  step: Array | int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """SSDH loss (release form; cfg.variant 'single_label' drops the pseudo-label and class terms).
 
@@ -293,6 +304,7 @@ def ssdh_loss(
       aux[name] for name in COUNT_NAMES['ssdh'].
     row_ids: (N,) int unique global row ids for fold_in / tie-breaks (default arange(N)); permuting the batch
       together with row_ids leaves every choice, hence the loss, unchanged.
+    step: the training step, for the λ ramp-up (cfg.lam_rampup_steps); None: no ramp.
 
   Returns:
     loss: scalar float32 partial.
@@ -302,7 +314,7 @@ def ssdh_loss(
       among anchors i with both i and p(i) labeled).
   """
   samples = ssdh_sample(outputs, labels, labeled, key, cfg, anchor_ids=anchor_ids, row_ids=row_ids)
-  return ssdh_terms(outputs, labels, labeled, samples, cfg, reduce_count=reduce_count)
+  return ssdh_terms(outputs, labels, labeled, samples, cfg, reduce_count=reduce_count, step=step)
 
 
 # ------------------------------------------------------------------------------------------------ DPSH
@@ -318,6 +330,7 @@ def dpsh_loss(
   anchor_ids: Array | None = None,
   reduce_count: ReduceCount = _identity,
   row_ids: Array | None = None,
+  step: Array | int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """DPSH (Li et al., IJCAI 2016) pairwise likelihood on the pre-sigmoid hash layer u = 'hash_logits'.
 
@@ -329,7 +342,7 @@ def dpsh_loss(
   Returns:
     loss: scalar float32 partial; aux: 'loss_pair', 'loss_quant', 'n_pairs' (additive partials).
   """
-  del key, row_ids
+  del key, row_ids, step
   u = outputs["hash_logits"].astype(jnp.float32)
   big_n = u.shape[0]
   anchors, _ = _defaults(big_n, anchor_ids, None)

@@ -7,8 +7,10 @@ Release semantics: momentum 0.9, weight decay on weights only (never biases, nor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -87,3 +89,59 @@ def make_optimizer(
   parts.append(scale_by_tree(lr_multipliers(params, cfg)))
   parts.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*parts), schedule
+
+
+# --------------------------------------------------------------------------- trainable subsets
+
+HEADS = "heads"  # model.trainable: only the hash and class heads learn
+ALL = "all"
+
+
+def trainable_start(spec: str, layers: Sequence[str], backbone: str = "") -> int:
+  """Index into the backbone's ordered `layers` of the first trainable layer (len(layers): heads only).
+
+  Args:
+    spec: config.model.trainable: 'all' | 'heads' | a backbone layer name (that layer onward is trained).
+    layers: the backbone's layer names in forward order (models.backbone_layers); empty when it has none.
+  """
+  if spec == ALL:
+    return 0
+  if spec == HEADS:
+    return len(layers)
+  if spec in layers:
+    return list(layers).index(spec)
+  names = ", ".join(layers) if layers else f"none: backbone {backbone!r} supports only all | heads"
+  raise ValueError(f"config.model.trainable={spec!r}: expected all, heads or a backbone layer ({names})")
+
+
+def trainable_mask(params: PyTree, spec: str, layers: Sequence[str], backbone: str = "") -> PyTree:
+  """Bool pytree over `params`: True where the parameter is trained under config.model.trainable=`spec`.
+
+  The heads (every top-level key but 'backbone') always train; inside params['backbone'] a leaf trains when its
+  top-level layer comes at or after the first trainable layer.
+  """
+  start = trainable_start(spec, layers, backbone)
+  rank = {name: i for i, name in enumerate(layers)}
+
+  def leaf(path, _):
+    names = _path_names(path)
+    if names[0] != "backbone" or spec == ALL:
+      return True
+    return spec != HEADS and rank.get(names[1], -1) >= start
+
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def split_params(params: PyTree, mask: PyTree) -> tuple[dict, dict]:
+  """(trainable, frozen): two nested dicts holding the leaves where `mask` is True / False (paths kept)."""
+  flat = flax.traverse_util.flatten_dict(params)
+  flat_mask = flax.traverse_util.flatten_dict(mask)
+  train = {k: v for k, v in flat.items() if flat_mask[k]}
+  frozen = {k: v for k, v in flat.items() if not flat_mask[k]}
+  return flax.traverse_util.unflatten_dict(train), flax.traverse_util.unflatten_dict(frozen)
+
+
+def merge_params(trainable: PyTree, frozen: PyTree) -> dict:
+  """Inverse of `split_params`."""
+  flat = {**flax.traverse_util.flatten_dict(frozen), **flax.traverse_util.flatten_dict(trainable)}
+  return flax.traverse_util.unflatten_dict(flat)

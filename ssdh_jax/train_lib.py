@@ -46,13 +46,31 @@ class TrainState:
   key: jax.Array  # uint32 (2,) raw PRNG key
 
 
+def trainable_mask(config: ml_collections.ConfigDict, params: PyTree) -> PyTree:
+  """Bool pytree over `params`: which leaves config.model.trainable lets the optimiser change."""
+  name = config.model.name
+  return optim.trainable_mask(params, config.model.trainable, models.backbone_layers(name), name)
+
+
+def make_tx(
+  config: ml_collections.ConfigDict, params: PyTree
+) -> tuple[optax.GradientTransformation, optax.Schedule, PyTree]:
+  """(optimiser over the trainable leaves only, lr schedule, trainable mask) for a params tree (shapes
+  suffice). Frozen leaves get neither gradients nor optimiser state."""
+  mask = trainable_mask(config, params)
+  trainable, _ = optim.split_params(params, mask)
+  tx, schedule = optim.make_optimizer(config.optim, trainable, config.train.num_steps)
+  return tx, schedule, mask
+
+
 def create_train_state(
   config: ml_collections.ConfigDict,
   model: flax.linen.Module,
   tx: optax.GradientTransformation,
   key: jax.Array,
 ) -> TrainState:
-  """Initialises parameters (and loads pretrained backbone weights when configured)."""
+  """Initialises parameters (and loads pretrained backbone weights when configured); the optimiser state
+  covers the trainable leaves (`trainable_mask`)."""
   init_key, state_key = jax.random.split(key)
   variables = models.init_variables(model, init_key, config.data.image_size)
   if config.model.pretrained:
@@ -64,7 +82,7 @@ def create_train_state(
     step=jnp.zeros((), jnp.int32),
     params=params,
     batch_stats=variables.get("batch_stats", {}),
-    opt_state=tx.init(params),
+    opt_state=tx.init(optim.split_params(params, trainable_mask(config, params))[0]),
     key=state_key,
   )
 
@@ -85,6 +103,8 @@ def train_step_body(
   schedule: optax.Schedule,
   preprocess_fn: Callable[[jax.Array, jax.Array], jax.Array],
   axis_name: str,
+  mask: PyTree | None = None,
+  term_grad_norms: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on this device's shard of the global batch.
 
@@ -93,6 +113,11 @@ def train_step_body(
     batch: this device's rows: image (n,H,W,3) uint8, labels (n,C) float32, labeled (n,) bool.
     preprocess_fn: (key, uint8 images) -> float32 network input (augmentation on device, if any, lives here).
     axis_name: the named device axis (pmap's axis_name or the shard_map mesh axis).
+    mask: bool pytree over params (`trainable_mask`); only True leaves are differentiated and updated, and
+      tx works on that subset. None: every leaf.
+    term_grad_norms: also report each additive loss term's ('loss_*' in aux) gradient norm ('gnorm_<term>')
+      and its cosine with the total gradient ('gcos_<term>'), from one backward pass per term. The trainer
+      runs this variant (`build_diagnostics`) on the odd step, beside the plain step.
 
   Returns:
     The new state (unchanged but for `step` if the loss or gradients are not finite) and the step's metrics,
@@ -108,7 +133,13 @@ def train_step_body(
   labels = gather(batch["labels"])
   labeled = gather(batch["labeled"])
 
-  def loss_of(params):
+  if mask is None:
+    train_params, frozen = state.params, None
+  else:
+    train_params, frozen = optim.split_params(state.params, mask)
+
+  def loss_of(train_params):
+    params = train_params if frozen is None else optim.merge_params(train_params, frozen)
     variables = {"params": params}
     if state.batch_stats:
       variables["batch_stats"] = state.batch_stats
@@ -128,18 +159,24 @@ def train_step_body(
       loss_cfg,
       anchor_ids=row_ids,
       reduce_count=lambda c: jax.lax.psum(c, axis_name),
+      step=state.step,
     )
     return loss, (aux, mutated)
 
-  (loss, (aux, mutated)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  # Each device's loss holds its anchors' share, normalised globally: the global loss and gradient are sums.
-  grads = jax.lax.psum(grads, axis_name)
+  term_metrics = {}
+  if term_grad_norms:
+    (loss, (aux, mutated)), grads, term_metrics = _grads_by_term(loss_of, train_params, axis_name)
+  else:
+    (loss, (aux, mutated)), grads = jax.value_and_grad(loss_of, has_aux=True)(train_params)
+    # Each device's loss holds its anchors' share, normalised globally: the global loss and gradient are sums.
+    grads = jax.lax.psum(grads, axis_name)
   loss = jax.lax.psum(loss, axis_name)
   aux = jax.lax.psum(aux, axis_name)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  updates, opt_state = tx.update(grads, state.opt_state, train_params)
+  new_train = optax.apply_updates(train_params, updates)
+  params = new_train if frozen is None else optim.merge_params(new_train, frozen)
   # Inf parameters would poison every later step: refuse the update and let the host stop the run.
-  finite = jnp.isfinite(loss) & _tree_all_finite(grads) & _tree_all_finite(params)
+  finite = jnp.isfinite(loss) & _tree_all_finite(grads) & _tree_all_finite(new_train)
   # One cond over the whole update (a per-leaf where compiles several times slower on XLA:CPU).
   params, batch_stats, opt_state = jax.lax.cond(
     finite,
@@ -153,26 +190,64 @@ def train_step_body(
     "grad_norm": optax.global_norm(grads),
     "lr": schedule(state.step),
     "finite": finite.astype(jnp.float32),
+    **term_metrics,
   }
   return new_state, metrics
+
+
+def _grads_by_term(loss_of: Callable, params: PyTree, axis_name: str):
+  """Gradients of each additive loss term ('loss_*' in aux, plus any remainder of the loss) by one batched
+  backward pass; their sum is the total gradient, returned as value_and_grad would, plus per-term metrics."""
+  names: list[str] = []
+
+  def terms(p):
+    loss, (aux, mutated) = loss_of(p)
+    names[:] = sorted(k.removeprefix("loss_") for k in aux if k.startswith("loss_"))
+    parts = [aux[f"loss_{k}"] for k in names]
+    rest = loss - sum(parts) if parts else loss  # keeps the total exact whatever the loss returns
+    return jnp.stack([*parts, rest]), (loss, aux, mutated)
+
+  vec, vjp_fn, (loss, aux, mutated) = jax.vjp(terms, params, has_aux=True)
+  per_term = jax.vmap(vjp_fn)(jnp.eye(vec.shape[0], dtype=vec.dtype))[0]
+  per_term = jax.lax.psum(per_term, axis_name)
+  grads = jax.tree.map(lambda g: g.sum(0), per_term)
+  sq = lambda t: sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(t))
+  dot = sum(
+    jnp.sum(g.astype(jnp.float32) * t[None].astype(jnp.float32), axis=tuple(range(1, g.ndim)))
+    for g, t in zip(jax.tree.leaves(per_term), jax.tree.leaves(grads))
+  )
+  norms = jnp.sqrt(
+    sum(
+      jnp.sum(jnp.square(g.astype(jnp.float32)), axis=tuple(range(1, g.ndim)))
+      for g in jax.tree.leaves(per_term)
+    )
+  )
+  total = jnp.sqrt(sq(grads))
+  n = len(names)  # the last row is the remainder, not a named term
+  cosines = dot[:n] / jnp.maximum(norms[:n] * total, 1e-30)
+  metrics = {f"gnorm_{name}": norms[i] for i, name in enumerate(names)}
+  metrics.update({f"gcos_{name}": cosines[i] for i, name in enumerate(names)})
+  return (loss, (aux, mutated)), grads, metrics
 
 
 # --------------------------------------------------------------------------- parallel wrappers
 
 
-def make_parallel_step(body: Callable, mode: str, devices: list) -> Callable:
+def make_parallel_step(body: Callable, mode: str, devices: list, donate: bool = True) -> Callable:
   """Wraps the per-device body with jax.pmap (state/batch with a leading device axis) or jax.shard_map.
 
   shard_map runs with check_vma=False so that, as under pmap, gradients of replicated parameters are not
-  summed implicitly: the body's explicit psum is the one reduction in both modes.
+  summed implicitly: the body's explicit psum is the one reduction in both modes. donate: the input state's
+  buffers are reused for the output (the training step); False leaves the input state valid.
   """
   fn = functools.partial(body, axis_name=AXIS)
+  donate_argnums = (0,) if donate else ()
   if mode == "pmap":
-    return jax.pmap(fn, axis_name=AXIS, devices=devices, donate_argnums=(0,))
+    return jax.pmap(fn, axis_name=AXIS, devices=devices, donate_argnums=donate_argnums)
   if mode == "shard_map":
     mesh = Mesh(np.asarray(devices), (AXIS,))
     mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False)
-    return jax.jit(mapped, donate_argnums=(0,))
+    return jax.jit(mapped, donate_argnums=donate_argnums)
   raise ValueError(f"config.train.parallel: unknown mode {mode!r} (pmap | shard_map)")
 
 
@@ -275,14 +350,42 @@ def make_preprocess_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array
   return fn
 
 
-def build_training(config: ml_collections.ConfigDict, devices: list):
-  """Model, optimiser, schedule and the wrapped step for `config` on `devices`."""
-  model = models.build_model(config.model, axis_name=AXIS)
+def cached_prefix_layer(config: ml_collections.ConfigDict) -> int:
+  """The backbone layer whose input is read from the feature cache (0: no cache, images go in).
+
+  model.feature_cache='auto' caches when part of the backbone is frozen and that prefix sees only the
+  deterministic evaluation view (data.augment='none'); a random crop or flip would change its output.
+  """
+  mode = config.model.feature_cache
+  if mode not in ("auto", "off"):
+    raise ValueError(f"config.model.feature_cache: expected auto | off, got {mode!r}")
+  if mode == "off" or models.first_trainable_layer(config.model) == 0:
+    return 0
+  if config.data.augment != "none" or config.data.on_device_augment:
+    return 0
+  return models.build_prefix(config.model)[1]
+
+
+def build_training(
+  config: ml_collections.ConfigDict,
+  devices: list,
+  input_layer: int = 0,
+  *,
+  term_grad_norms: bool = False,
+  donate: bool = True,
+):
+  """Model, optimiser, schedule and the wrapped step for `config` on `devices`.
+
+  input_layer > 0: the step's batches hold the cached activations entering that backbone layer (see
+  `input_view`), not images.
+  """
+  model = models.build_model(config.model, axis_name=AXIS, input_layer=input_layer)
   init_model = models.build_model(config.model)
   key = jax.random.PRNGKey(config.seed)
   # The optimiser only needs the parameter tree's structure and names.
   abstract = jax.eval_shape(lambda k: models.init_variables(init_model, k, config.data.image_size), key)
-  tx, schedule = optim.make_optimizer(config.optim, abstract["params"], config.train.num_steps)
+  tx, schedule, mask = make_tx(config, abstract["params"])
+  all_trainable = all(jax.tree.leaves(mask))
   body = functools.partial(
     train_step_body,
     model=model,
@@ -290,10 +393,70 @@ def build_training(config: ml_collections.ConfigDict, devices: list):
     loss_fn=losses.get_loss(config.loss.name),
     loss_cfg=config.loss,
     schedule=schedule,
-    preprocess_fn=make_preprocess_fn(config),
+    preprocess_fn=(lambda _, x: x.astype(jnp.float32)) if input_layer else make_preprocess_fn(config),
+    mask=None if all_trainable else mask,
+    term_grad_norms=term_grad_norms,
   )
-  step_fn = make_parallel_step(body, config.train.parallel, devices)
+  step_fn = make_parallel_step(body, config.train.parallel, devices, donate)
   return init_model, tx, schedule, step_fn
+
+
+def build_diagnostics(
+  config: ml_collections.ConfigDict, devices: list, input_layer: int = 0
+) -> Callable | None:
+  """(placed state, placed batch) -> metrics with per-term gradient norms, the state left as it was; None when
+  config.train.term_grad_norms is 0. A separate program from the step: as a lax.cond branch inside it, the
+  per-term backward made every step of XLA:CPU's program ~50x slower (measured)."""
+  if not int(config.train.term_grad_norms):
+    return None
+  _, _, _, step_fn = build_training(config, devices, input_layer, term_grad_norms=True, donate=False)
+  return lambda state, batch: step_fn(state, batch)[1]
+
+
+def feature_cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  if config.model.feature_cache_dir:
+    return config.model.feature_cache_dir
+  if config.data.cache_dir:
+    return os.path.join(config.data.cache_dir, "features")
+  return os.path.join(workdir, "feature_cache")
+
+
+def input_view(
+  config: ml_collections.ConfigDict, state: TrainState, splits: Mapping, workdir: str
+) -> tuple[flax.linen.Module, Mapping, dict | None]:
+  """What the step and the evaluator see: (model, splits, cache record).
+
+  Without a cacheable frozen prefix: the full model and the image splits. With one: the model from the
+  first trainable layer on, and splits whose rows are that layer's cached input (computed once from
+  `state`'s frozen prefix and stored under `feature_cache_dir`). Both read the same full variables.
+  """
+  layer = cached_prefix_layer(config)
+  if not layer:
+    return models.build_model(config.model), splits, None
+  from ssdh_jax import feature_cache
+
+  prefix, _ = models.build_prefix(config.model)
+  variables = {"params": state.params["backbone"]}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats["backbone"]
+  name = config.model.preprocess
+
+  @jax.jit
+  def prefix_fn(images):
+    return prefix.apply(variables, preprocessing.preprocess(images, name), train=False)
+
+  batches = lambda ex: pipeline.eval_batches(ex, config, int(config.eval.batch_size))
+  view, record = feature_cache.load_or_extract(
+    config, layer, splits, prefix_fn, batches, feature_cache_dir(config, workdir)
+  )
+  logging.info(
+    "frozen prefix (layers < %d) %s: %s, %.0f s",
+    layer,
+    "read from cache" if record["hit"] else "computed",
+    record["path"],
+    record["seconds"],
+  )
+  return models.build_model(config.model, input_layer=layer), view, record
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -328,8 +491,12 @@ def train_and_evaluate(
     # Bad input (missing files, corrupt images, wrong label widths, bad config) fails here, before training.
     devices = _local_devices(config)
     splits, meta = pipeline.load_splits(config, workdir)
-    model, tx, _, step_fn = build_training(config, devices)
+    model, tx, _, step_fn = build_training(config, devices, cached_prefix_layer(config))
+    diag_fn = build_diagnostics(config, devices, cached_prefix_layer(config))
     state = create_train_state(config, model, tx, jax.random.PRNGKey(config.seed))
+    model, splits, cache_record = input_view(config, state, splits, workdir)
+    if cache_record is not None:
+      meta = dict(meta, feature_cache={k: v for k, v in cache_record.items() if k != "key"})
   except BaseException:
     if created and is_main:  # leave nothing half-written behind
       shutil.rmtree(workdir, ignore_errors=True)
@@ -357,13 +524,19 @@ def train_and_evaluate(
 
     progress = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
   history: list[dict] = []
+  diag_every = int(config.train.term_grad_norms)
+  diag_history: list[dict] = []  # per-term gradient norms, on every diag_every-th step's batch
   t_last, imgs_since = time.perf_counter(), 0
   step = start
   try:
     while step < num_steps:
       batch = next(batches)
       host_rows = {k: v[lo : lo + per_host] for k, v in batch.items() if k in ("image", "labels", "labeled")}
-      pstate, metrics = step_fn(pstate, place_batch(host_rows, mode, devices))
+      placed = place_batch(host_rows, mode, devices)
+      if diag_fn is not None and step % diag_every == 0:
+        diag = diag_fn(pstate, placed)
+        diag_history.append({k: v for k, v in diag.items() if k.startswith(("gnorm_", "gcos_"))})
+      pstate, metrics = step_fn(pstate, placed)
       history.append(metrics)
       step += 1
       imgs_since += config.train.batch_size
@@ -375,6 +548,9 @@ def train_and_evaluate(
       if boundary or ckpt_due or eval_due or (stop_after is not None and step >= stop_after):
         scalars = _mean_metrics(history)
         history = []
+        if diag_history:
+          scalars.update(_mean_metrics(diag_history))
+          diag_history = []
         if scalars["finite"] < 1.0:
           raise NonFiniteError(
             f"non-finite loss or gradients before step {step}; the update was not applied and training stops. "

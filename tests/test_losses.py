@@ -487,3 +487,20 @@ def test_registry():
   assert set(losses.available_losses()) == {"ssdh", "dpsh"}
   with pytest.raises(ValueError, match="unknown loss"):
     losses.get_loss("nope")
+
+
+def test_lambda_rampup_scales_only_the_unlabeled_terms():
+  o, y, m = make_batch(3)
+  key = jax.random.PRNGKey(0)
+  base, ramped = loss_cfg(), loss_cfg(lam_rampup_steps=10)
+  _, full = losses.ssdh_loss(o, y, m, key, base)
+  for step, factor in ((0, 0.0), (5, 0.5), (10, 1.0), (40, 1.0)):
+    _, aux = losses.ssdh_loss(o, y, m, key, ramped, step=jnp.int32(step))
+    for t in ("loss_emb", "loss_pl"):
+      np.testing.assert_allclose(aux[t], factor * full[t], rtol=1e-6)
+    for t in ("loss_rank", "loss_cls"):
+      np.testing.assert_allclose(aux[t], full[t], rtol=1e-6)
+  assert float(full["loss_emb"]) > 0
+  # Without a step (a call outside the trainer) the ramp is off: the release's constant λ.
+  _, no_step = losses.ssdh_loss(o, y, m, key, ramped)
+  np.testing.assert_allclose(no_step["loss_emb"], full["loss_emb"], rtol=1e-6)

@@ -31,7 +31,8 @@ def quality():
 def quick_args(tmp_path, **kw) -> argparse.Namespace:
   base = dict(
     quick=True, full=False, steps=7, width=8, data_dir=str(tmp_path / "data"), split_seed=3,
-    workdir=str(tmp_path / "runs"), mobilenet_weights="", feature_size=64,
+    workdir=str(tmp_path / "runs"), mobilenet_weights="", feature_size=64, pretrained=False,
+    image_size=160, trainable="features_18", e2e=False, e2e_steps=100, e2e_batch=64,
   )  # fmt: skip
   base.update(kw)
   return argparse.Namespace(**base)
@@ -151,7 +152,9 @@ def test_summary_pairs_ssdh_with_supervised_by_seed(quality):
   text = "\n".join(quality.summary(rows))
   gaps = np.subtract(ssdh, sup)
   spread = max(np.std(ssdh, ddof=1), np.std(sup, ddof=1))
-  assert f"| 12 | small_cnn | 3 | {gaps.mean():.4f} ± {gaps.std(ddof=1):.4f} | {spread:.4f} | yes |" in text
+  assert (
+    f"| ssdh | 12 | small_cnn | 3 | {gaps.mean():.4f} ± {gaps.std(ddof=1):.4f} | {spread:.4f} | yes |" in text
+  )
   flipped = [dict(r, method={"ssdh": "supervised", "supervised": "ssdh"}[r["method"]]) for r in rows[:6]]
   assert "| no |" in "\n".join(quality.summary(flipped))
   assert "no (one seed)" in "\n".join(quality.summary([_row("ssdh", 0, 0.5), _row("supervised", 0, 0.4)]))
@@ -186,3 +189,37 @@ def test_finished_grid_is_not_rerun(quality, tmp_path, monkeypatch):
   assert text.count("| ssdh | 12 | small_cnn |") == 3  # two seed rows + the summary row
   assert "--config.model.width=8" in text  # commands are rebuilt for rows from older script versions
   assert len((work / "rows.jsonl").read_text().splitlines()) == len(cells)
+
+
+def test_pretrained_mode_cells(quality, tmp_path):
+  """--pretrained: every trained cell fine-tunes the same partly frozen MobileNetV2 at --image-size with the
+  frozen prefix cached; the remedies differ from SSDH in exactly their one setting; the e2e cell trains all."""
+  from ssdh_jax import train_lib
+
+  mod = quality
+  args = quick_args(
+    tmp_path, quick=False, pretrained=True, steps=40, image_size=96, mobilenet_weights="w.pth"
+  )
+  base = mod.method_config(args, "ssdh", 48, 1, "mobilenet_v2")
+  assert (base.data.image_size, base.data.resize_size, base.data.augment) == (96, 96, "none")
+  assert base.model.trainable == "features_18" and base.model.pretrained == "w.pth"
+  assert base.train.num_steps == 40 and base.train.term_grad_norms > 0
+  assert train_lib.cached_prefix_layer(base) == 18
+  flat = lambda c: mod._flat(c.to_dict())
+  for method, (field, value) in {
+    "ssdh_features": ("loss.graph_feature", "features"),
+    "ssdh_release": ("loss.variant", "multi_label"),
+    "ssdh_ramp": ("loss.lam_rampup_steps", 20),
+  }.items():
+    diff = {
+      k: v
+      for k, v in flat(mod.method_config(args, method, 48, 1, "mobilenet_v2")).items()
+      if flat(base)[k] != v
+    }
+    assert diff == {field: value}, method
+  e2e = mod.method_config(args, mod.E2E, 48, 0, "mobilenet_v2")
+  assert e2e.model.trainable == "all" and train_lib.cached_prefix_layer(e2e) == 0
+  assert e2e.train.batch_size == 64 and e2e.train.num_steps == 100
+  assert mod.backbone_label(args, "mobilenet_v2") != mod.backbone_label(args, "mobilenet_v2", "all")
+  cmd = mod.train_command(base, "mobilenet_v2_cpu", 48, "/tmp/x")
+  assert "configs/cifar10_mobilenet_v2_cpu.py:48" in cmd and "--config.data.image_size=96" in cmd

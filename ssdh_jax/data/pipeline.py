@@ -192,6 +192,12 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
 
 
+def is_feature_array(examples: Examples) -> bool:
+  """True when `examples` holds precomputed activations (float arrays from a cached frozen prefix), which
+  go to the model as stored: no decode, resize, crop or augmentation."""
+  return examples.in_memory and examples.images.dtype != np.uint8
+
+
 def _crop_offsets(u: np.ndarray, extent: int, size: int) -> np.ndarray:
   """Offsets in [0, extent - size] from uniforms u in [0, 1) (the same u works for any image size)."""
   return np.minimum(np.floor(u * (extent - size + 1)).astype(np.int64), extent - size)
@@ -448,7 +454,10 @@ def train_batch(
 
   resize, size = int(d.resize_size), int(d.image_size)
   files = not (lab.in_memory and (n_unl == 0 or unl.in_memory))
-  if d.on_device_augment:
+  if is_feature_array(lab):
+    gathered = [lab.images[lab_rows]] + ([unl.images[unl_rows]] if n_unl else [])
+    out = np.concatenate(gathered)[order]
+  elif d.on_device_augment:
     # Arrays go as stored (the device resizes); files are decoded at one size so that they stack.
     if files:
       common = resize or size
@@ -556,13 +565,16 @@ def eval_batches(examples: Examples, config: Any, batch_size: int, *, pad: bool 
     n = len(examples)
     for start in range(0, n, batch_size):
       rows = np.arange(start, min(n, start + batch_size))
-      out = np.empty((len(rows), size, size, 3), np.uint8)
-      _fill(
-        out,
-        lambda i, rows=rows: eval_transform_one(_source_image(examples, rows[i], resize), d),
-        heavy,
-        executor,
-      )
+      if is_feature_array(examples):
+        out = examples.images[start : start + len(rows)]
+      else:
+        out = np.empty((len(rows), size, size, 3), np.uint8)
+        _fill(
+          out,
+          lambda i, rows=rows: eval_transform_one(_source_image(examples, rows[i], resize), d),
+          heavy,
+          executor,
+        )
       batch = {
         "image": out,
         "labels": examples.labels[rows].astype(np.float32),

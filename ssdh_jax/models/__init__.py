@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from ssdh_jax.models.alexnet import AlexNet
-from ssdh_jax.models.heads import HashingModel
+from ssdh_jax.models.heads import HashingModel, Passthrough
+from ssdh_jax.models.mobilenet_v2 import LAYERS as MOBILENET_V2_LAYERS
 from ssdh_jax.models.mobilenet_v2 import MobileNetV2
 from ssdh_jax.models.small_cnn import SmallCNN
 from ssdh_jax.models.vgg import VGG
@@ -35,6 +36,15 @@ FEATURE_DIM = {"vgg_f": 4096, "alexnet": 4096, "vgg16": 4096, "vgg19": 4096, "mo
 # Backbones that carry BatchNorm state (apply with mutable=['batch_stats'] when train=True).
 HAS_BATCH_NORM = frozenset({"mobilenet_v2", "small_cnn"})
 
+# Backbones that can run a contiguous slice of their layers (model.trainable=<layer>, the feature cache).
+_LAYERS = {"mobilenet_v2": MOBILENET_V2_LAYERS}
+
+
+def backbone_layers(name: str) -> tuple[str, ...]:
+  """The backbone's top-level layers in forward order (the names params['backbone'] uses); () when it cannot
+  be sliced by layer."""
+  return _LAYERS.get(name, ())
+
 
 def build_backbone(
   name: str,
@@ -45,6 +55,8 @@ def build_backbone(
   dtype: Any = "float32",
   param_dtype: Any = "float32",
   axis_name: str | None = None,
+  depthwise: str = "auto",
+  layers: tuple[int, int, int] | None = None,
 ) -> nn.Module:
   """A backbone by registry name.
 
@@ -56,6 +68,11 @@ def build_backbone(
     width: small_cnn base width.
     dtype, param_dtype: compute and parameter dtypes (names or dtypes).
     axis_name: device axis for cross-device BatchNorm statistics (mobilenet_v2, small_cnn).
+    depthwise: mobilenet_v2's depthwise convolution: auto | conv | shift (ssdh_jax.models.depthwise).
+    layers: (input_layer, output_layer, train_from) indices into backbone_layers(name): the slice of layers
+      the module runs (its input is the activation entering input_layer; output_layer < len(layers) returns
+      the activation entering that layer, unpooled) and the first layer that trains (those before it run in
+      inference mode: BatchNorm running statistics). None: the whole backbone, all trainable.
   """
   dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
   common = dict(num_classes=num_classes, dtype=dtype, param_dtype=param_dtype)
@@ -66,19 +83,36 @@ def build_backbone(
   if name in ("vgg16", "vgg19"):
     return VGG(depth=int(name[3:]), dropout=dropout, **common)
   if name == "mobilenet_v2":
-    return MobileNetV2(axis_name=axis_name, **common)
+    lo, hi, train_from = layers or (0, len(MOBILENET_V2_LAYERS), 0)
+    return MobileNetV2(
+      axis_name=axis_name,
+      depthwise=depthwise,
+      input_layer=lo,
+      output_layer=hi,
+      train_from=train_from,
+      **common,
+    )
+  if layers is not None and layers != (0, 0, 0):
+    raise ValueError(f"backbone {name!r} cannot run a slice of its layers")
   if name == "small_cnn":
     return SmallCNN(width=width, dropout=dropout, axis_name=axis_name, **common)
   raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
 
 
-def build_model(model_cfg: Mapping[str, Any], axis_name: str | None = None) -> HashingModel:
-  """The hashing model from `config.model` (fields name, bits, num_classes, dropout, width, dtype, param_dtype).
+def first_trainable_layer(model_cfg: Mapping[str, Any]) -> int:
+  """Index into backbone_layers of the first trainable backbone layer (model.trainable); len(layers) or, for
+  backbones without a layer list, 1 means the whole backbone is frozen ('heads')."""
+  from ssdh_jax import optim
 
-  The backbone's own ImageNet classifier is dropped; its params live under params['backbone'], the heads
-  under params['hash'] and params['classifier'].
-  """
-  backbone = build_backbone(
+  layers = backbone_layers(model_cfg["name"])
+  spec = model_cfg.get("trainable", optim.ALL)
+  if spec == optim.HEADS and not layers:
+    return 1
+  return optim.trainable_start(spec, layers, model_cfg["name"])
+
+
+def _backbone(model_cfg: Mapping[str, Any], axis_name: str | None, layers: tuple[int, int, int] | None):
+  return build_backbone(
     model_cfg["name"],
     num_classes=0,
     dropout=model_cfg.get("dropout", 0.5),
@@ -86,13 +120,57 @@ def build_model(model_cfg: Mapping[str, Any], axis_name: str | None = None) -> H
     dtype=model_cfg.get("dtype", "float32"),
     param_dtype=model_cfg.get("param_dtype", "float32"),
     axis_name=axis_name,
+    depthwise=model_cfg.get("depthwise", "auto"),
+    layers=layers,
   )
+
+
+def build_model(
+  model_cfg: Mapping[str, Any], axis_name: str | None = None, *, input_layer: int = 0
+) -> HashingModel:
+  """The hashing model from `config.model` (fields name, bits, num_classes, dropout, width, dtype, param_dtype,
+  depthwise, trainable).
+
+  The backbone's own ImageNet classifier is dropped; its params live under params['backbone'], the heads
+  under params['hash'] and params['classifier']. Frozen backbone layers (model.trainable) run in inference
+  mode. input_layer > 0: the model takes the activation entering that backbone layer instead of images (the
+  suffix after a cached frozen prefix, see `build_prefix`); it reads the full model's variables unchanged.
+  """
+  layers = backbone_layers(model_cfg["name"])
+  start = first_trainable_layer(model_cfg)
+  if not layers:
+    if input_layer:  # a frozen backbone whose cached output feeds the heads directly
+      return _heads_model(model_cfg, Passthrough())
+    return _heads_model(model_cfg, _backbone(model_cfg, axis_name, None), freeze_backbone=start > 0)
+  if input_layer > start:
+    raise ValueError(f"input_layer {input_layer} is past the first trainable layer {start}")
+  return _heads_model(model_cfg, _backbone(model_cfg, axis_name, (input_layer, len(layers), start)))
+
+
+def _heads_model(model_cfg: Mapping[str, Any], backbone: nn.Module, freeze_backbone: bool = False):
   return HashingModel(
     backbone=backbone,
     bits=int(model_cfg["bits"]),
     num_classes=int(model_cfg.get("num_classes", 0)),
     param_dtype=jnp.dtype(model_cfg.get("param_dtype", "float32")),
+    freeze_backbone=freeze_backbone,
   )
+
+
+def build_prefix(model_cfg: Mapping[str, Any]) -> tuple[nn.Module, int]:
+  """The frozen prefix of the backbone and the layer index its output enters.
+
+  Apply as `prefix.apply({'params': params['backbone'], 'batch_stats': batch_stats['backbone']}, images,
+  train=False)`; `build_model(model_cfg, input_layer=index)` continues from its output. The whole backbone
+  (index = len(layers), or 1 for backbones without a layer list) when only the heads train.
+  """
+  layers = backbone_layers(model_cfg["name"])
+  start = first_trainable_layer(model_cfg)
+  if start == 0:
+    raise ValueError("config.model.trainable='all': the backbone has no frozen prefix to cache")
+  if not layers:
+    return _backbone(model_cfg, None, None), 1
+  return _backbone(model_cfg, None, (0, start, start)), start
 
 
 def init_variables(model: nn.Module, key: jax.Array, image_size: int, batch: int = 2) -> dict[str, Any]:
@@ -118,7 +196,10 @@ __all__ = [
   "HashingModel",
   "MobileNetV2",
   "SmallCNN",
+  "backbone_layers",
   "build_backbone",
   "build_model",
+  "build_prefix",
+  "first_trainable_layer",
   "init_variables",
 ]

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssdh_jax.models.depthwise import DepthwiseConv
+
 Array = jax.Array
 
 # (expand ratio t, output channels c, repeats n, first stride s), torchvision's inverted_residual_setting.
@@ -31,6 +33,9 @@ SETTINGS = (
 )
 STEM_CHANNELS = 32
 LAST_CHANNELS = 1280
+# Top-level layers in forward order (features_0 stem, 1-17 blocks, 18 last 1x1 conv): the units that
+# model.trainable and the feature cache slice the network at.
+LAYERS = tuple(f"features_{i}" for i in range(2 + sum(n for _, _, n, _ in SETTINGS)))
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision: kaiming_normal fan_out
 
@@ -46,7 +51,11 @@ def block_specs() -> list[tuple[int, int, int, int]]:
 
 
 class ConvBNAct(nn.Module):
-  """Conv (no bias) → BatchNorm → optional ReLU6, torchvision's Conv2dNormActivation."""
+  """Conv (no bias) → BatchNorm → optional ReLU6, torchvision's Conv2dNormActivation.
+
+  A depthwise conv (groups == features == input channels > 1) runs through DepthwiseConv with lowering
+  `depthwise` ('auto', 'conv', 'shift'); its parameter is the same `conv/kernel` (k, k, 1, C) as nn.Conv's.
+  """
 
   features: int
   kernel: int = 3
@@ -56,22 +65,35 @@ class ConvBNAct(nn.Module):
   axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  depthwise: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     pad = (self.kernel - 1) // 2
-    x = nn.Conv(
-      self.features,
-      (self.kernel, self.kernel),
-      strides=(self.stride, self.stride),
-      padding=((pad, pad), (pad, pad)),
-      feature_group_count=self.groups,
-      use_bias=False,
-      kernel_init=_conv_init,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="conv",
-    )(x)
+    if self.groups > 1 and self.groups == self.features == x.shape[-1]:
+      x = DepthwiseConv(
+        self.features,
+        self.kernel,
+        self.stride,
+        impl=self.depthwise,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=_conv_init,
+        name="conv",
+      )(x)
+    else:
+      x = nn.Conv(
+        self.features,
+        (self.kernel, self.kernel),
+        strides=(self.stride, self.stride),
+        padding=((pad, pad), (pad, pad)),
+        feature_group_count=self.groups,
+        use_bias=False,
+        kernel_init=_conv_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="conv",
+      )(x)
     x = nn.BatchNorm(
       use_running_average=not train,
       momentum=0.9,  # torch momentum 0.1
@@ -94,6 +116,7 @@ class InvertedResidual(nn.Module):
   axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  depthwise: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -102,7 +125,9 @@ class InvertedResidual(nn.Module):
     y = x
     if self.expand_ratio != 1:
       y = ConvBNAct(hidden, kernel=1, name="expand", **kw)(y, train)
-    y = ConvBNAct(hidden, kernel=3, stride=self.stride, groups=hidden, name="depthwise", **kw)(y, train)
+    y = ConvBNAct(
+      hidden, kernel=3, stride=self.stride, groups=hidden, depthwise=self.depthwise, name="depthwise", **kw
+    )(y, train)
     y = nn.Conv(
       self.cout,
       (1, 1),
@@ -133,6 +158,14 @@ class MobileNetV2(nn.Module):
     num_classes: 0 → global-average-pooled features (B, 1280); > 0 → dropout(0.2) + classifier logits.
     axis_name: pmap/shard_map axis over which BatchNorm averages batch statistics (None: per device).
     dtype: compute dtype; param_dtype: parameter dtype.
+    depthwise: lowering of the 3×3 depthwise convs, 'auto' (shift on CPU, conv elsewhere), 'conv' or 'shift'
+      (see models/depthwise.py); the parameters are the same either way.
+    input_layer, output_layer: run LAYERS[input_layer:output_layer] only. input_layer > 0: x is the activation
+      entering that layer (input_layer == len(LAYERS): x already is the pooled (B, 1280) feature);
+      output_layer < len(LAYERS): return the activation entering that layer, unpooled, without classifier.
+      Parameter names do not change, so a slice reads the full model's variables.
+    train_from: layers before this index run in inference mode even when train=True (frozen: BatchNorm uses
+      and keeps its running statistics).
   """
 
   num_classes: int = 0
@@ -140,17 +173,33 @@ class MobileNetV2(nn.Module):
   axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  depthwise: str = "auto"
+  input_layer: int = 0
+  output_layer: int = len(LAYERS)
+  train_from: int = 0
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    """x: (B, H, W, 3) ImageNet-normalised RGB (224 nominal). Returns (B, 1280) or (B, num_classes)."""
+    """x: (B, H, W, 3) ImageNet-normalised RGB (224 nominal), or the activation entering `input_layer`.
+    Returns (B, 1280) or (B, num_classes), or the activation entering `output_layer`."""
     kw = dict(axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
     x = x.astype(self.dtype)
-    x = ConvBNAct(STEM_CHANNELS, kernel=3, stride=2, name="features_0", **kw)(x, train)
-    for i, (cin, cout, stride, t) in enumerate(block_specs(), start=1):
-      x = InvertedResidual(cin, cout, stride, t, name=f"features_{i}", **kw)(x, train)
-    x = ConvBNAct(LAST_CHANNELS, kernel=1, name=f"features_{len(block_specs()) + 1}", **kw)(x, train)
-    x = x.mean(axis=(1, 2))
+    specs = block_specs()
+    for i in range(self.input_layer, self.output_layer):
+      t_i = train and i >= self.train_from
+      if i == 0:
+        x = ConvBNAct(STEM_CHANNELS, kernel=3, stride=2, name="features_0", **kw)(x, t_i)
+      elif i <= len(specs):
+        cin, cout, stride, t = specs[i - 1]
+        x = InvertedResidual(cin, cout, stride, t, depthwise=self.depthwise, name=f"features_{i}", **kw)(
+          x, t_i
+        )
+      else:
+        x = ConvBNAct(LAST_CHANNELS, kernel=1, name=f"features_{i}", **kw)(x, t_i)
+    if self.output_layer < len(LAYERS):
+      return x
+    if self.input_layer < len(LAYERS):
+      x = x.mean(axis=(1, 2))
     if self.num_classes:
       x = nn.Dropout(self.classifier_dropout, deterministic=not train)(x)
       x = nn.Dense(
