@@ -186,7 +186,7 @@ def test_finished_grid_is_not_rerun(quality, tmp_path, monkeypatch):
      "--data-dir", str(data), "--workdir", str(work), "--mobilenet-weights", "unused.pth", "--out", str(out)]
   )  # fmt: skip
   text = out.read_text()
-  assert text.count("| ssdh | 12 | small_cnn |") == 3  # two seed rows + the summary row
+  assert text.count("| ssdh | 12 | small_cnn |") == 4  # two seed rows, the summary row and the paired gap
   assert "--config.model.width=8" in text  # commands are rebuilt for rows from older script versions
   assert len((work / "rows.jsonl").read_text().splitlines()) == len(cells)
 
