@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -192,8 +193,6 @@ def load_or_extract(
   Returns:
     splits with float32 activation arrays as `images`, and a record (path, key, hit, seconds) for the report.
   """
-  import time
-
   pool = pool_images(splits)
   key = cache_key(config, prefix_layer, images_fingerprint(pool))
   npy, side = _paths(cache_dir, key)
