@@ -40,8 +40,9 @@ quality: $(STAMP)
 QP := $(PY) bench/quality.py --pretrained --steps 300 --workdir workdir/quality_pretrained
 quality-pretrained: $(STAMP)
 	$(QP) --methods itq,lsh --bits 12,24,32,48
-	$(QP) --methods ssdh,supervised,ssdh_features,ssdh_release,ssdh_ramp,dpsh --bits 48 --seeds 3
+	$(QP) --methods ssdh,supervised,ssdh_features,ssdh_release,ssdh_ramp,ssdh_agree,supervised_cls,dpsh --bits 48 --seeds 3
 	$(QP) --methods ssdh,supervised,dpsh --bits 12,24,32 --seeds 3
+	$(QP) --methods ssdh --bits 48 --seeds 1 --e2e
 	$(QP) --report-only --out workdir/quality_pretrained/quality_pretrained.md
 
 lint: $(STAMP)

@@ -68,6 +68,10 @@ def get_config() -> ml_collections.ConfigDict:
   ls.window_ref_n = 128  # the window scales linearly with the global batch size
   ls.lam = 0.1  # weight of the graph-embedding and pseudo-label terms
   ls.lam_rampup_steps = 0  # λ grows linearly from 0 over these steps (0: the release's constant λ)
+  # Graph edges kept only where the endpoints agree in predicted class (neighbours) or disagree (non-neighbours):
+  # none (release) | class_agree (needs the class head trained: use_cls, and cls_in_single_label if single-label)
+  ls.graph_filter = "none"
+  ls.cls_in_single_label = False  # train the class head (L_cls) in the single-label variant too
   ls.margin = 3.0  # contrastive margin m (release: 2.5 for 12 bits)
   ls.rank_margin = 1.0  # triplet margin
   ls.max_tries = 10  # tries to find a negative sharing no label with the positive

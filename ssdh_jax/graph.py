@@ -190,10 +190,14 @@ def sample_graph_pairs(
   *,
   k_size: int,
   window: tuple[int, int],
+  classes: Array | None = None,
 ) -> dict[str, Array]:
   """Draws each anchor's graph neighbour and non-neighbour.
 
   Neighbour: uniform among sorted positions [0, k_size); non-neighbour: uniform among [window[0], window[1]).
+  With `classes` (the class-agreement filter), the neighbour is drawn only among those positions whose row
+  shares a class with the anchor (the anchor itself always does, so one always exists) and the non-neighbour
+  only among those sharing none (there may be none: 'neg_valid' False).
 
   Args:
     feats: (N, F) graph features.
@@ -202,17 +206,30 @@ def sample_graph_pairs(
     row_ids: (N,) int unique global row ids.
     k_size: see `knn_size`.
     window: (lo, hi) static sorted-position window, see `graph_window`.
+    classes: optional (N, C) bool class sets per row (e.g. one-hot predicted classes); detached here.
 
   Returns:
-    dict of (n,) int32: 'pos', 'neg' (batch positions) and 'pos_rank', 'neg_rank' (sorted positions drawn).
+    dict of (n,) arrays: 'pos', 'neg' int32 batch positions, 'pos_rank', 'neg_rank' int32 sorted positions
+    drawn, 'neg_valid' bool (all True without `classes`).
   """
   lo, hi = window
   near, far = window_neighbours(feats, anchor_ids, row_ids, k_size, window)
-  q_pos = uniform_index(bits[:, 0], k_size)
-  q_neg = lo + uniform_index(bits[:, 1], hi - lo)
+  if classes is None:
+    q_pos = uniform_index(bits[:, 0], k_size)
+    q_neg = lo + uniform_index(bits[:, 1], hi - lo)
+    neg_valid = jnp.ones(q_pos.shape, bool)
+  else:
+    # Candidates are already in sorted order, so their column index is the tie-free draw order; with every
+    # candidate kept this draws exactly the unfiltered positions (bits mod count).
+    cls = jax.lax.stop_gradient(jnp.asarray(classes, bool))
+    cls_a = cls[anchor_ids][:, None, :]
+    agree = lambda cand: jnp.any(cls_a & cls[cand], axis=-1)  # (n, K) -> (n, K) bool
+    q_pos, _ = masked_choice(bits[:, :1], agree(near), jnp.arange(k_size))
+    q_far, neg_valid = masked_choice(bits[:, 1:], ~agree(far), jnp.arange(hi - lo))
+    q_pos, q_neg = q_pos[:, 0], lo + q_far[:, 0]
   pos = jnp.take_along_axis(near, q_pos[:, None], axis=1)[:, 0]
   neg = jnp.take_along_axis(far, (q_neg - lo)[:, None], axis=1)[:, 0]
-  return {"pos": pos, "neg": neg, "pos_rank": q_pos, "neg_rank": q_neg}
+  return {"pos": pos, "neg": neg, "pos_rank": q_pos, "neg_rank": q_neg, "neg_valid": neg_valid}
 
 
 def masked_choice(bits: Array, mask: Array, row_ids: Array) -> tuple[Array, Array]:

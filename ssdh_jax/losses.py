@@ -19,6 +19,11 @@ the counts are not differentiated, the full-batch gradient.
 
 √D uses the release's regularised derivative d√D/dD = 1/(2(√D + 1e-4)) (its backward divides by
 dist + 1e-4), which keeps the gradient finite, and zero, at coincident codes.
+
+Not in the release (remedy options, off by default): `lam_rampup_steps` ramps λ up from 0; `graph_filter=
+'class_agree'` draws p(i) only among the k nearest rows predicted in i's class and n(i) only among window rows
+predicted in another class (no such row: the hinge is dropped); `cls_in_single_label` trains L_cls in the
+single-label variant, whose class head the filter reads.
 """
 
 from __future__ import annotations
@@ -68,9 +73,12 @@ def row_sq_dists(a: Array, b: Array) -> Array:
   return jnp.sum(diff * diff, axis=-1)
 
 
-def contrastive(h_a: Array, h_p: Array, h_n: Array, margin: float) -> Array:
-  """Per-anchor pair term D_ap + max(0, m − √D_an)²: (n, k) ×3 -> (n,) float32."""
+def contrastive(h_a: Array, h_p: Array, h_n: Array, margin: float, neg_valid: Array | None = None) -> Array:
+  """Per-anchor pair term D_ap + max(0, m − √D_an)²: (n, k) ×3 -> (n,) float32; the hinge is dropped where
+  `neg_valid` (n,) bool is False."""
   hinge = jnp.maximum(margin - safe_sqrt(row_sq_dists(h_a, h_n)), 0.0)
+  if neg_valid is not None:
+    hinge = jnp.where(neg_valid, hinge, 0.0)
   return row_sq_dists(h_a, h_p) + hinge * hinge
 
 
@@ -87,21 +95,46 @@ def _defaults(n_rows: int, anchor_ids: Array | None, row_ids: Array | None) -> t
   return anchors, rids
 
 
+def _opt(cfg: Mapping, name: str, default):
+  """A loss field added after a config was written (old run folders lack it): the release's value."""
+  return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
+
+
 def _terms_on(cfg: Mapping, outputs: Mapping[str, Array]) -> dict[str, bool]:
   single = cfg.variant == "single_label"
   has_cls = "class_logits" in outputs
-  return {
+  on = {
     "rank": bool(cfg.use_rank),
     "emb": bool(cfg.use_emb),
     "pl": bool(cfg.use_pl) and not single and has_cls,
-    "cls": bool(cfg.use_cls) and not single and has_cls,
+    "cls": bool(cfg.use_cls) and has_cls and (not single or bool(_opt(cfg, "cls_in_single_label", False))),
   }
+  if _opt(cfg, "graph_filter", "none") == "class_agree" and on["emb"] and not on["cls"]:
+    raise ValueError(
+      "loss.graph_filter='class_agree' filters graph edges by class predictions, so it needs a trained class "
+      "head: model.num_classes > 0, loss.use_cls=True and, in the single-label variant, "
+      "loss.cls_in_single_label=True"
+    )
+  return on
+
+
+def graph_classes(outputs: Mapping[str, Array], cfg: Mapping) -> Array | None:
+  """(N, C) bool one-hot predicted class per row (argmax of the detached class logits) for the class-agreement
+  graph filter (config.loss.graph_filter='class_agree'); None without the filter. Predictions only, never the
+  labels, so the logged graph purity stays a measurement."""
+  name = _opt(cfg, "graph_filter", "none")
+  if name == "none":
+    return None
+  if name != "class_agree":
+    raise ValueError(f"unknown loss.graph_filter {name!r}; expected 'none' or 'class_agree'")
+  z = jax.lax.stop_gradient(outputs["class_logits"].astype(jnp.float32))
+  return jax.nn.one_hot(jnp.argmax(z, axis=-1), z.shape[-1], dtype=bool)
 
 
 def lam_ramp(cfg: Mapping, step: Array | int | None) -> Array:
   """Factor on λ at `step`: linear from 0 to 1 over cfg.lam_rampup_steps (0 or step None: always 1), so the
   unlabeled terms start once the codes, hence the online graph, carry some class structure."""
-  ramp = int(cfg.get("lam_rampup_steps", 0)) if hasattr(cfg, "get") else 0
+  ramp = int(_opt(cfg, "lam_rampup_steps", 0))
   if ramp <= 0 or step is None:
     return jnp.float32(1.0)
   return jnp.minimum(jnp.asarray(step, jnp.float32) / ramp, 1.0)
@@ -133,7 +166,8 @@ def ssdh_sample(
     row_ids: (N,) int unique global row ids used for fold_in, tie-breaks and set order (default arange(N)).
 
   Returns:
-    dict of (n,) arrays: 'anchors'; graph 'emb_pos', 'emb_neg', 'emb_pos_rank', 'emb_neg_rank';
+    dict of (n,) arrays: 'anchors'; graph 'emb_pos', 'emb_neg', 'emb_pos_rank', 'emb_neg_rank',
+    'emb_neg_valid' (False only where the class-agreement filter left no non-neighbour);
     triplets 'rank_pos', 'rank_neg', 'rank_valid'; pseudo-label pairs 'pl_pos', 'pl_neg', 'pl_valid'.
     Index entries are batch positions; where the matching *_valid is False they are arbitrary.
   """
@@ -159,8 +193,15 @@ def ssdh_sample(
     rids,
     k_size=graph.knn_size(big_n, cfg.knn_k),
     window=graph.graph_window(big_n, cfg),
+    classes=graph_classes(outputs, cfg) if on["emb"] else None,
   )
-  out.update(emb_pos=g["pos"], emb_neg=g["neg"], emb_pos_rank=g["pos_rank"], emb_neg_rank=g["neg_rank"])
+  out.update(
+    emb_pos=g["pos"],
+    emb_neg=g["neg"],
+    emb_pos_rank=g["pos_rank"],
+    emb_neg_rank=g["neg_rank"],
+    emb_neg_valid=g["neg_valid"],
+  )
 
   y_a = labels[anchors]
   lab_a = labeled[anchors]
@@ -254,7 +295,8 @@ def ssdh_terms(
     hinge = jnp.maximum(jnp.float32(cfg.rank_margin) + d_ap - d_an, 0.0)
     terms["loss_rank"] = jnp.sum(jnp.where(rank_valid, hinge, 0.0)) / (2.0 * n_trip)
   if on["emb"]:
-    f = contrastive(h_a, h[samples["emb_pos"]], h[samples["emb_neg"]], cfg.margin)
+    neg_ok = samples.get("emb_neg_valid")
+    f = contrastive(h_a, h[samples["emb_pos"]], h[samples["emb_neg"]], cfg.margin, neg_ok)
     terms["loss_emb"] = lam * jnp.sum(f) / (2.0 * big_n)
   if on["pl"]:
     f = contrastive(h_a, h[samples["pl_pos"]], h[samples["pl_neg"]], cfg.margin)
@@ -298,7 +340,8 @@ def ssdh_loss(
     labeled: (N,) bool.
     key: PRNG key of this step (same on every shard).
     cfg: config.loss (fields: variant, graph_feature, knn_k, neg_window, window_ref_n, lam, margin,
-      rank_margin, max_tries, use_rank, use_emb, use_pl, use_cls).
+      rank_margin, max_tries, use_rank, use_emb, use_pl, use_cls; optional lam_rampup_steps, graph_filter,
+      cls_in_single_label).
     anchor_ids: (n,) int32 rows whose per-anchor terms this call computes (default: all N).
     reduce_count: sums a (4,) float32 vector of counts over shards (lax.psum); called exactly once, with
       aux[name] for name in COUNT_NAMES['ssdh'].

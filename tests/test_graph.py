@@ -106,6 +106,38 @@ def test_sample_graph_pairs_ranges():
   np.testing.assert_array_equal(order[np.arange(30), nr], np.asarray(out["neg"]))
 
 
+def test_sample_graph_pairs_class_filter():
+  rng = np.random.default_rng(5)
+  n, k_size, window = 40, 6, (25, 35)
+  f = jnp.asarray(rng.normal(size=(n, 6)), jnp.float32)
+  ids = jnp.arange(n)
+  bits = graph.anchor_bits(jax.random.PRNGKey(1), ids, 2)
+  cls = np.eye(3, dtype=bool)[rng.integers(0, 3, n)]
+  out = {
+    k: np.asarray(v)
+    for k, v in graph.sample_graph_pairs(
+      f, bits, ids, ids, k_size=k_size, window=window, classes=jnp.asarray(cls)
+    ).items()
+  }
+  order = np.asarray(graph.sorted_neighbours(f, ids, ids))
+  agree = lambda a, j: bool(np.any(cls[a] & cls[j]))
+  for a in range(n):
+    assert out["pos_rank"][a] < k_size and order[a, out["pos_rank"][a]] == out["pos"][a]
+    assert agree(a, out["pos"][a])
+    far_disagree = [j for j in order[a, window[0] : window[1]] if not agree(a, j)]
+    assert out["neg_valid"][a] == bool(far_disagree)
+    if far_disagree:
+      assert out["neg"][a] in far_disagree and window[0] <= out["neg_rank"][a] < window[1]
+  assert out["neg_valid"].any() and len(set(out["pos"].tolist())) > n // 2  # not collapsed onto the anchors
+  # Every row in one class: the neighbour draws are exactly the unfiltered ones; no non-neighbour exists.
+  plain = graph.sample_graph_pairs(f, bits, ids, ids, k_size=k_size, window=window)
+  same = graph.sample_graph_pairs(
+    f, bits, ids, ids, k_size=k_size, window=window, classes=jnp.ones((n, 1), bool)
+  )
+  np.testing.assert_array_equal(np.asarray(same["pos"]), np.asarray(plain["pos"]))
+  assert not np.asarray(same["neg_valid"]).any() and np.asarray(plain["neg_valid"]).all()
+
+
 def test_anchor_bits_depend_only_on_key_and_row():
   key = jax.random.PRNGKey(3)
   full = np.asarray(graph.anchor_bits(key, jnp.arange(16), 4))

@@ -504,3 +504,34 @@ def test_lambda_rampup_scales_only_the_unlabeled_terms():
   # Without a step (a call outside the trainer) the ramp is off: the release's constant λ.
   _, no_step = losses.ssdh_loss(o, y, m, key, ramped)
   np.testing.assert_allclose(no_step["loss_emb"], full["loss_emb"], rtol=1e-6)
+
+
+def test_class_agreement_filter():
+  o, y, m = make_batch(4, single_label=True)
+  key = jax.random.PRNGKey(2)
+  with pytest.raises(ValueError, match="cls_in_single_label"):
+    losses.ssdh_loss(o, y, m, key, loss_cfg(variant="single_label", graph_filter="class_agree"))
+  with pytest.raises(ValueError, match="graph_filter"):
+    losses.ssdh_loss(o, y, m, key, loss_cfg(graph_filter="labels"))
+  cfg = loss_cfg(variant="single_label", graph_filter="class_agree", cls_in_single_label=True)
+  s, (_, aux), _ = run(cfg, o, y, m, key)
+  pred = np.argmax(np.asarray(o["class_logits"]), axis=1)
+  h = np.asarray(o["codes"], np.float64)
+  lo, hi = ref.neg_window(48, cfg)
+  emb = 0.0
+  for i in range(48):
+    order = ref.sorted_rows(h, i)
+    p, q = s["emb_pos"][i], s["emb_neg"][i]
+    assert order.index(p) < ref.knn_size(48, cfg.knn_k) and pred[p] == pred[i]
+    window_other = [j for j in order[lo:hi] if pred[j] != pred[i]]
+    assert s["emb_neg_valid"][i] == bool(window_other)
+    hinge = 0.0
+    if window_other:
+      assert q in window_other
+      hinge = max(cfg.margin - np.sqrt(np.sum((h[i] - h[q]) ** 2)), 0.0) ** 2
+    emb += np.sum((h[i] - h[p]) ** 2) + hinge
+  np.testing.assert_allclose(float(aux["loss_emb"]), cfg.lam * emb / (2 * 48), rtol=1e-5)
+  assert float(aux["loss_cls"]) > 0 and float(aux["loss_pl"]) == 0  # class head trained; no pseudo-labels
+  # Unfiltered single-label: no class term unless asked for.
+  _, (_, plain), _ = run(loss_cfg(variant="single_label"), o, y, m, key)
+  assert float(plain["loss_cls"]) == 0

@@ -153,11 +153,17 @@ def test_summary_pairs_ssdh_with_supervised_by_seed(quality):
   gaps = np.subtract(ssdh, sup)
   spread = max(np.std(ssdh, ddof=1), np.std(sup, ddof=1))
   assert (
-    f"| ssdh | 12 | small_cnn | 3 | {gaps.mean():.4f} ± {gaps.std(ddof=1):.4f} | {spread:.4f} | yes |" in text
+    f"| ssdh | supervised | 12 | small_cnn | 3 | {gaps.mean():.4f} ± {gaps.std(ddof=1):.4f} | {spread:.4f} | yes |"
+    in text
   )
   flipped = [dict(r, method={"ssdh": "supervised", "supervised": "ssdh"}[r["method"]]) for r in rows[:6]]
   assert "| no |" in "\n".join(quality.summary(flipped))
   assert "no (one seed)" in "\n".join(quality.summary([_row("ssdh", 0, 0.5), _row("supervised", 0, 0.4)]))
+  # The class-agreement remedy is paired with plain supervised-only and with its own control (+ L_cls).
+  agree = [_row("ssdh_agree", s, 0.5) for s in range(2)] + [_row("supervised_cls", s, 0.45) for s in range(2)]
+  text = "\n".join(quality.summary(rows + agree))
+  assert "| ssdh_agree | supervised | 12 |" in text and "| ssdh_agree | supervised_cls | 12 |" in text
+  assert "| ssdh | supervised_cls |" not in text
 
 
 def test_finished_grid_is_not_rerun(quality, tmp_path, monkeypatch):
@@ -206,17 +212,19 @@ def test_pretrained_mode_cells(quality, tmp_path):
   assert base.train.num_steps == 40 and base.train.term_grad_norms > 0
   assert train_lib.cached_prefix_layer(base) == 18
   flat = lambda c: mod._flat(c.to_dict())
-  for method, (field, value) in {
-    "ssdh_features": ("loss.graph_feature", "features"),
+  for method, field_value in {
+    "ssdh_features": ("loss.graph_feature", "features"),  # (field, value, field, value, ...)
     "ssdh_release": ("loss.variant", "multi_label"),
     "ssdh_ramp": ("loss.lam_rampup_steps", 20),
+    "ssdh_agree": ("loss.graph_filter", "class_agree", "loss.cls_in_single_label", True),
+    "supervised_cls": ("loss.lam", 0.0, "data.include_unlabeled", False, "loss.cls_in_single_label", True),
   }.items():
     diff = {
       k: v
       for k, v in flat(mod.method_config(args, method, 48, 1, "mobilenet_v2")).items()
       if flat(base)[k] != v
     }
-    assert diff == {field: value}, method
+    assert diff == dict(zip(field_value[::2], field_value[1::2])), method
   e2e = mod.method_config(args, mod.E2E, 48, 0, "mobilenet_v2")
   assert e2e.model.trainable == "all" and train_lib.cached_prefix_layer(e2e) == 0
   assert e2e.train.batch_size == 64 and e2e.train.num_steps == 100

@@ -1,0 +1,26 @@
+"""Test-session setup: one persistent XLA compilation cache for the whole session.
+
+Most tests build the same small programs (model init, train step, encoders) again in every
+`train_and_evaluate` call, and on CPU compiling them costs far more than running them. A cache directory private
+to this session (also inherited by the fake-device subprocesses through the environment) compiles each program
+once; it is deleted at the end, so no session reuses another's entries.
+"""
+
+import os
+import shutil
+import tempfile
+
+_CACHE = tempfile.mkdtemp(prefix="ssdh-jax-test-xla-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import jax  # noqa: E402  (after the environment above, which jax reads at import)
+
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  shutil.rmtree(_CACHE, ignore_errors=True)
