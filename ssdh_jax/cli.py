@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -95,19 +96,47 @@ def _quiet_by_default() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
+def _flags_parser(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors (exit 2) and a --help that lists this tool's own flags."""
+  if any(a in ("-h", "--help", "-help", "--helpshort") for a in argv[1:]):
+    doc = (sys.modules["__main__"].__doc__ or "").strip()
+    print((doc + "\n\n" if doc else "") + FLAGS.module_help(sys.modules[__name__]))
+    sys.exit(0)
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(f"flags: {e}")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # config_flags: unknown field, bad value
+    text = str(e)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    for arg in (a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")):
+      parts = arg[len("--config.") :].split(".")
+      for n, part in enumerate(parts):
+        if re.search(r"'" + re.escape(part) + r"'", text.replace("\\'", "'")):
+          fix = ".".join([*parts[:n], hint.group(1), *parts[n + 1 :]]) if hint else ""
+          _fail(f"{arg}: no such config field" + (f" (did you mean --config.{fix}?)" if fix else ""))
+    _fail(f"config: {' '.join(text.split())}")
+  raise AssertionError("unreachable")
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def train_main() -> None:
   _define_train_flags()
-  app.run(_train)
+  app.run(_train, flags_parser=_flags_parser)
 
 
 def eval_main() -> None:
   _define_eval_flags()
-  app.run(_eval)
+  app.run(_eval, flags_parser=_flags_parser)
 
 
 def search_main() -> None:
   _define_search_flags()
-  app.run(_search)
+  app.run(_search, flags_parser=_flags_parser)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -55,8 +55,11 @@ def encode(
   *,
   batch_size: int | None = None,
   return_relaxed: bool = False,
+  progress: bool = False,
+  desc: str = "",
 ) -> dict[str, np.ndarray]:
-  """Encodes `examples` with centre-crop evaluation preprocessing, batches sharded over local devices.
+  """Encodes `examples` with centre-crop evaluation preprocessing, batches sharded over local devices; with
+  `progress`, a bar named `desc` on a terminal.
 
   Returns: dict(codes uint32 (N, ceil(k/32)) packed, labels float32 (N,C), ids int64 (N,)
   [, relaxed float32 (N,k)]).
@@ -69,6 +72,10 @@ def encode(
   variables = jax.device_put(_variables(state), NamedSharding(sharding.mesh, P()))
   encode_batch = make_encoder(model, None if pipeline.is_feature_array(examples) else config.model.preprocess)
   codes, relaxed, labels, ids = [], [], [], []
+  from tqdm.auto import tqdm
+
+  bar = tqdm(total=len(examples), desc=f"encode {desc}".strip(), unit="img", dynamic_ncols=True, leave=False,
+             disable=None if progress else True)  # fmt: skip
   for batch in pipeline.eval_batches(examples, config, bs):
     images = np.asarray(batch["image"])
     n = images.shape[0]
@@ -81,6 +88,8 @@ def encode(
       relaxed.append(np.asarray(h)[:n])
     labels.append(np.asarray(batch["labels"]))
     ids.append(np.asarray(batch["id"]))
+    bar.update(n)
+  bar.close()
   out = {
     "codes": np.concatenate(codes),
     "labels": np.concatenate(labels).astype(np.float32),
@@ -129,8 +138,9 @@ def evaluate_state(
   step: int,
 ) -> dict[str, Any]:
   """Query-vs-database retrieval metrics of `state`, keyed as every reported number must be."""
-  q = encode(config, model, state, splits["query"])
-  d = encode(config, model, state, splits["database"], return_relaxed=True)
+  show = bool(config.train.progress)
+  q = encode(config, model, state, splits["query"], progress=show, desc="queries")
+  d = encode(config, model, state, splits["database"], return_relaxed=True, progress=show, desc="database")
   res = metrics.evaluate_codes(
     q["codes"],
     d["codes"],
@@ -161,6 +171,7 @@ def evaluate_state(
       "num_queries": len(q["ids"]),
       "num_database": len(d["ids"]),
       "drop_no_relevant": bool(config.eval.drop_no_relevant),
+      "hamming_radius": int(config.eval.hamming_radius),
       "tie_break": "database index (stable)",
     },
     "metrics": res,
@@ -184,13 +195,26 @@ def scalar_metrics(results: Mapping[str, Any]) -> dict[str, float]:
   return {k: float(v) for k, v in results["metrics"].items() if np.ndim(v) == 0}
 
 
+# Column titles of printed tables (the README's notation); H≤r is the Hamming ball of the run's radius.
+_TITLES = {
+  "R_label": "R",
+  "map": "mAP",
+  "precision_radius": "P@H≤{r}",
+  "recall_radius": "R@H≤{r}",
+  "map_radius": "mAP@H≤{r}",
+  "map_expected_ties": "mAP (expected over tie orders)",
+}
+
+
 def markdown_table(rows: list[Mapping[str, Any]]) -> str:
-  """One row per result: the key columns then every scalar metric."""
+  """One row per result: the key columns then every scalar metric, titled in the README's notation."""
   if not rows:
     return ""
   key_cols = ["protocol", "split_hash", "bits", "backbone", "loss", "R_label", "checkpoint_step", "seed"]
   metric_cols = list(scalar_metrics(rows[0]))
-  head = "| " + " | ".join(key_cols + metric_cols) + " |"
+  radius = rows[0]["key"].get("hamming_radius", "r")
+  titles = [_TITLES.get(c, c).format(r=radius) for c in key_cols + metric_cols]
+  head = "| " + " | ".join(titles) + " |"
   sep = "|" + "---|" * (len(key_cols) + len(metric_cols))
   lines = [head, sep]
   for r in rows:

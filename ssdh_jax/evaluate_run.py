@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssdh_jax import checkpoints, evaluate, index, models
+from ssdh_jax import checkpoints, config_checks, evaluate, index, models
 from ssdh_jax.data import pipeline
 
 
@@ -40,6 +40,7 @@ def load_run_config(workdir: str, overrides: Sequence[str] = ()) -> ml_collectio
     if leaf not in node:
       raise ValueError(f"--override {item!r}: unknown config field {key!r}")
     node[leaf] = value
+  config_checks.check_config(config)
   config.lock()
   return config
 

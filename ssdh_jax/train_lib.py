@@ -10,6 +10,7 @@ masks, which are drawn per device). The trainer knows nothing of the loss terms:
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -28,7 +29,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssdh_jax import checkpoints, evaluate, losses, models, optim, preprocessing
+from ssdh_jax import checkpoints, config_checks, evaluate, losses, models, optim, preprocessing, run_dir
 from ssdh_jax.data import pipeline
 
 PyTree = Any
@@ -285,15 +286,20 @@ def host_state(state: TrainState, mode: str) -> TrainState:
 
 
 class MetricWriter:
-  """JSON-lines + TensorBoard scalars; a no-op on every process but 0."""
+  """JSON-lines + TensorBoard scalars, flushed at every write so a killed run keeps what it logged; a no-op on
+  every process but 0. `resume_step`: records after it (logged by a run killed before its next checkpoint, and
+  about to be recomputed) are dropped from metrics.jsonl, so the log stays one record per step."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
     if not enabled:
       return
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+      _drop_records_after(path, resume_step)
+    self._jsonl = open(path, "a")
     try:
       from tensorboardX import SummaryWriter
 
@@ -310,12 +316,33 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, float(v), int(step))
+      self._tb.flush()
 
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Rewrites the JSON-lines log without records whose step is beyond `step` (atomically)."""
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if int(json.loads(line).get("step", 0)) > step:
+        continue
+    except (ValueError, AttributeError):
+      continue  # a line cut by the kill
+    keep.append(line if line.endswith("\n") else line + "\n")
+  if len(keep) == len(lines) and all(a == b for a, b in zip(keep, lines)):
+    return
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
 
 
 class NonFiniteError(RuntimeError):
@@ -482,9 +509,11 @@ def train_and_evaluate(
   Returns:
     The evaluation results dict (also written to workdir/metrics.json) or, if stopped early, {'step': s}.
   """
+  config_checks.check_config(config)  # one-line error naming the field, before any work
   if config.train.distributed:
     jax.distributed.initialize()
   is_main = jax.process_index() == 0
+  run_dir.check_workdir(config, workdir)  # before anything is written: a finished run is never overwritten
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   mode = config.train.parallel
@@ -513,7 +542,7 @@ def train_and_evaluate(
     logging.info("Resuming from step %d", start)
 
   num_steps = int(config.train.num_steps)
-  writer = MetricWriter(workdir, enabled=is_main)
+  writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
   batches: Iterator[dict] = pipeline.train_batches(splits, config, config.seed, start)
   pstate = place_state(state, mode, devices)
   per_host = config.train.batch_size // jax.process_count()
@@ -529,6 +558,17 @@ def train_and_evaluate(
   diag_history: list[dict] = []  # per-term gradient norms, on every diag_every-th step's batch
   t_last, imgs_since = time.perf_counter(), 0
   step = start
+  # Steps dispatched but maybe not finished: the bar advances when a step's loss is ready, not when it is
+  # queued (dispatch runs ahead of the device by up to this many steps).
+  in_flight: collections.deque = collections.deque()
+  ahead = 2
+
+  def finished(block_all: bool) -> None:
+    while in_flight and (block_all or len(in_flight) > ahead):
+      jax.block_until_ready(in_flight.popleft())
+      if progress is not None:
+        progress.update(1)
+
   try:
     while step < num_steps:
       batch = next(batches)
@@ -539,14 +579,15 @@ def train_and_evaluate(
         diag_history.append({k: v for k, v in diag.items() if k.startswith(("gnorm_", "gcos_"))})
       pstate, metrics = step_fn(pstate, placed)
       history.append(metrics)
+      in_flight.append(metrics["loss"])
+      finished(block_all=False)
       step += 1
       imgs_since += config.train.batch_size
-      if progress is not None:
-        progress.update(1)
       boundary = step % config.train.log_every == 0 or step == num_steps
       ckpt_due = step % config.train.checkpoint_every == 0 or step == num_steps
       eval_due = (config.train.eval_every and (step % config.train.eval_every == 0)) or step == num_steps
       if boundary or ckpt_due or eval_due or (stop_after is not None and step >= stop_after):
+        finished(block_all=True)
         scalars = _mean_metrics(history)
         history = []
         if diag_history:

@@ -40,9 +40,30 @@ def test_typo_in_override_is_an_error(tmp_path):
     "--config.train.num_stepz=3",
     check=False,
   )
-  assert proc.returncode != 0
-  assert "num_stepz" in proc.stderr
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == (
+    "error: --config.train.num_stepz: no such config field (did you mean --config.train.num_steps?)"
+  )
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize(
+  "override,message",
+  [
+    ("--config.train.num_steps=-5", "error: config.train.num_steps: must be ≥ 1, got -5"),
+    ("--config.model.bits=0", "error: config.model.bits: must be ≥ 1, got 0"),
+  ],
+)
+def test_bad_config_value_is_one_line_and_writes_nothing(tmp_path, override, message):
+  proc = run("train.py", "--config", "configs/digits_demo.py", "--workdir", str(tmp_path / "run"), override,
+             check=False)  # fmt: skip
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_help_lists_the_flags():
+  proc = run("train.py", "--help")
+  assert proc.returncode == 0 and "--config" in proc.stdout and "--workdir" in proc.stdout
 
 
 def test_missing_data_folder_fails_cleanly(tmp_path):
@@ -66,6 +87,12 @@ def test_train_eval_search_end_to_end(tmp_path):
   wd = str(tmp_path / "run")
   out = run("train.py", "--config", "configs/digits_demo.py:12", "--workdir", wd, *TINY).stdout
   assert "| digits |" in out and "| 12 |" in out
+  assert "| mAP | P@H≤2 | R@H≤2 | mAP@H≤2 |" in out  # the README's notation
+  # Another code length into the finished run's folder: refused up front, naming the field; nothing changes.
+  before = {f: open(os.path.join(wd, f), "rb").read() for f in ("config.json", "metrics.json")}
+  clash = run("train.py", "--config", "configs/digits_demo.py:24", "--workdir", wd, *TINY, check=False)
+  assert clash.returncode == 2 and "model.bits: 12 (stored) vs 24 (given)" in clash.stderr
+  assert {f: open(os.path.join(wd, f), "rb").read() for f in before} == before
   run("eval.py", "--workdir", wd, "--checkpoint", "latest", "--override", "eval.map_r=100")
   m = json.load(open(os.path.join(wd, "metrics.json")))
   assert m["key"]["R"] == 100 and m["key"]["bits"] == 12 and m["key"]["checkpoint_step"] == 8

@@ -245,7 +245,7 @@ def test_cache_hit_key_change_and_corruption(tmp_path, caplog):
   assert not glob.glob(os.path.join(cache_dir, "*.tmp-*")), "temporary files left behind"
 
 
-def test_term_gradient_norms_do_not_change_the_update():
+def test_term_gradient_norms_do_not_change_the_update(tmp_path):
   c = _digits_config()
   c.loss.variant = "multi_label"
   devices = jax.devices()[:1]
@@ -255,7 +255,7 @@ def test_term_gradient_norms_do_not_change_the_update():
     model, tx, _, step_fn = train_lib.build_training(c, devices, term_grad_norms=bool(flag))
     state = train_lib.create_train_state(c, model, tx, jax.random.PRNGKey(0))
     if batch is None:
-      splits, _ = pipeline.load_splits(c, "/tmp/ssdh_test_term_norms")
+      splits, _ = pipeline.load_splits(c, str(tmp_path))
       b = next(pipeline.train_batches(splits, c, 0, 0))
       batch = {k: b[k] for k in ("image", "labels", "labeled")}
     pstate = train_lib.place_state(state, "pmap", devices)

@@ -1,6 +1,7 @@
 """Trainer: 1 vs 8 devices (pmap and shard_map), loss goes down, exact resume, checkpoint fallback, NaN stop."""
 
 import glob
+import json
 import logging
 import os
 
@@ -47,7 +48,8 @@ c.optim.schedule = "constant"
 c.optim.warmup_steps = 0
 c.data.labeled_fraction = 0.5
 c.train.parallel = {mode!r}
-splits, meta = splits_lib.load_splits(c, tempfile.mkdtemp())
+_tmp = tempfile.TemporaryDirectory()  # removed when the subprocess exits
+splits, meta = splits_lib.load_splits(c, _tmp.name)
 batch = next(pipeline.train_batches(splits, c, 0, 0))
 batch = {{k: batch[k] for k in ("image", "labels", "labeled")}}
 if {variant!r} == "multi_label":  # give some rows a second label so multi-label similarity is exercised
@@ -143,7 +145,12 @@ def test_kill_and_resume_is_exact(tmp_path):
   out = train_lib.train_and_evaluate(c, str(tmp_path / "resumed"), stop_after=3)
   assert out == {"step": 3}
   assert _final_params(tmp_path / "resumed", c)[1] == 3  # the interrupted run really stopped mid-way
+  log = tmp_path / "resumed" / "metrics.jsonl"
+  with open(log, "a") as f:  # what a run killed after logging step 4, before checkpointing it, leaves behind
+    f.write(json.dumps({"step": 4, "loss": 9.0}) + "\n" + '{"step": 5, "lo')
   train_lib.train_and_evaluate(c, str(tmp_path / "resumed"))
+  steps = [json.loads(line)["step"] for line in open(log)]
+  assert steps == sorted(set(steps)) and 9.0 not in [json.loads(line).get("loss") for line in open(log)]
   a, sa = _final_params(tmp_path / "straight", c)
   b, sb = _final_params(tmp_path / "resumed", c)
   assert sa == sb == 6
@@ -186,3 +193,11 @@ def test_non_finite_update_stops_and_keeps_last_good(tmp_path, monkeypatch):
   assert step == 4
   for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(good.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_metric_writer_flushes_tensorboard_at_every_write(tmp_path):
+  w = train_lib.MetricWriter(str(tmp_path))
+  w.write(1, {"loss": 1.0})
+  events = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+  assert events and os.path.getsize(events[0]) > 0  # readable even if the process is killed now
+  w.close()

@@ -282,11 +282,20 @@ def decode_images(
   nw = _workers(num_workers)
   # Many small chunks keep every thread busy; each chunk is a sequential run of files (cache-friendly).
   chunks = _chunks(len(paths), nw * 16)
+  from tqdm.auto import tqdm
+
+  # disable=None: a bar on a terminal only (decoding a large folder takes minutes), silent in logs and tests.
+  bar = tqdm(total=len(paths), desc="decode", unit="img", dynamic_ncols=True, disable=None, leave=False)
   try:
     with concurrent.futures.ThreadPoolExecutor(nw) as pool:
-      bad = [b for part in pool.map(work, chunks) for b in part]
+      bad = []
+      for rows, part in zip(chunks, pool.map(work, chunks)):
+        bad += part
+        bar.update(len(rows))
   except _SizeMismatch:
     return None, []
+  finally:
+    bar.close()
   return out, sorted(bad)
 
 
