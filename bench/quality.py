@@ -176,6 +176,11 @@ METHODS = {
   # which also shapes the features, hence its own control: supervised-only with the same class term.
   "ssdh_agree": {"loss.graph_filter": "class_agree", "loss.cls_in_single_label": True},
   "supervised_cls": {"loss.lam": 0.0, "data.include_unlabeled": False, "loss.cls_in_single_label": True},
+  # SSDH batches hold half as many labeled images as supervised-only ones (labeled_fraction 0.5). Diagnostic:
+  # the same batches with λ = 0 (what the halving alone costs); remedy: twice the batch, so as many labeled
+  # images per step as supervised-only, plus as many unlabeled ones.
+  "ssdh_lam0": {"loss.lam": 0.0},
+  "ssdh_b2x": {"train.batch_size": -2},  # -2: twice the config's batch
 }
 # The supervised-only rows each SSDH variant is paired with (default: plain supervised-only).
 CONTROLS = {"ssdh_agree": ("supervised", "supervised_cls")}
@@ -187,6 +192,8 @@ SEEDED = (
   "ssdh_ramp",
   "ssdh_agree",
   "supervised_cls",
+  "ssdh_lam0",
+  "ssdh_b2x",
 )  # run for every seed; the rest seed 0
 E2E = "ssdh_e2e"  # --e2e: SSDH with every backbone layer trainable (no cache), 48 bits, seed 0
 
@@ -203,7 +210,11 @@ def method_config(args, method: str, bits: int, seed: int, backbone: str):
     c.train.term_grad_norms = 0  # one backward pass per term over the whole network: too dear here
   for key, value in METHODS.get(method, {}).items():
     sect, field = key.split(".")
-    c[sect][field] = c.train.num_steps // 2 if key == "loss.lam_rampup_steps" else value
+    if key == "loss.lam_rampup_steps" and value < 0:
+      value = c.train.num_steps // 2
+    elif key == "train.batch_size" and value < 0:
+      value = -value * c.train.batch_size
+    c[sect][field] = value
   c.lock()
   return c
 
@@ -495,7 +506,16 @@ def table(rows: list[dict], header: str) -> str:
         v = f"{v:.4f}" if c in ("map", "p_h2") else f"{v:.1f}"
       vals.append(str(v))
     lines.append("| " + " | ".join(vals) + " |")
-  lines += ["", *summary(rows)]
+  walls = [r["wall_s"] for r in rows if np.isfinite(r.get("wall_s", np.nan))]
+  extraction = next((r["features_s"] for r in rows if "features_s" in r), 0.0)
+  lines += [
+    "",
+    f"Grid wall time: {len(walls)} runs, {sum(walls) / 60:.0f} min summed over the rows' wall_s"
+    + (f" + {extraction / 60:.0f} min one-off feature extraction" if extraction else "")
+    + f" = {(sum(walls) + extraction) / 3600:.2f} h.",
+    "",
+    *summary(rows),
+  ]
   return "\n".join(lines) + "\n"
 
 

@@ -128,6 +128,16 @@ def validation_map(
   )
 
 
+def encode_query_database(
+  config: ml_collections.ConfigDict, model: flax.linen.Module, state, splits: Mapping
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """Codes of the query and database splits (`encode`'s dicts; the database's with 'relaxed')."""
+  show = bool(config.train.progress)
+  q = encode(config, model, state, splits["query"], progress=show, desc="queries")
+  d = encode(config, model, state, splits["database"], return_relaxed=True, progress=show, desc="database")
+  return q, d
+
+
 def evaluate_state(
   config: ml_collections.ConfigDict,
   model: flax.linen.Module,
@@ -138,9 +148,19 @@ def evaluate_state(
   step: int,
 ) -> dict[str, Any]:
   """Query-vs-database retrieval metrics of `state`, keyed as every reported number must be."""
-  show = bool(config.train.progress)
-  q = encode(config, model, state, splits["query"], progress=show, desc="queries")
-  d = encode(config, model, state, splits["database"], return_relaxed=True, progress=show, desc="database")
+  q, d = encode_query_database(config, model, state, splits)
+  return report(config, q, d, meta, step=step)
+
+
+def report(
+  config: ml_collections.ConfigDict,
+  q: Mapping[str, np.ndarray],
+  d: Mapping[str, np.ndarray],
+  meta: Mapping[str, Any],
+  *,
+  step: int,
+) -> dict[str, Any]:
+  """Metrics of encoded queries `q` against the encoded database `d`, with the report key."""
   res = metrics.evaluate_codes(
     q["codes"],
     d["codes"],

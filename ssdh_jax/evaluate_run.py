@@ -56,8 +56,12 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, checkpoint: s
   tx, _, _ = train_lib.make_tx(config, abstract["params"])
   with config.unlocked():
     pretrained, config.model.pretrained = config.model.pretrained, ""  # the checkpoint holds every weight
-    target = train_lib.create_train_state(config, model, tx, jax.random.PRNGKey(config.seed))
+    # Shapes only (no initialiser is compiled or run): zeros of the state's shapes are the restore target.
+    shapes = jax.eval_shape(
+      lambda k: train_lib.create_train_state(config, model, tx, k), jax.random.PRNGKey(config.seed)
+    )
     config.model.pretrained = pretrained
+  target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
   ckpt = checkpoints.Checkpointer(workdir, async_save=False)
   if checkpoint == "best":
     state, step = ckpt.restore_best(target)
@@ -83,9 +87,9 @@ def evaluate_workdir(workdir: str, checkpoint: str = "best", overrides: Sequence
   _, state, step = restore_state(config, workdir, checkpoint)
   # The frozen prefix's cached outputs (when the run used them) stand in for the images.
   model, split_data, _ = train_lib.input_view(config, state, split_data, workdir)
-  results = evaluate.evaluate_state(config, model, state, split_data, meta, step=step)
+  q, db = evaluate.encode_query_database(config, model, state, split_data)
+  results = evaluate.report(config, q, db, meta, step=step)
   evaluate.write_report(workdir, results, config)
-  db = evaluate.encode(config, model, state, split_data["database"])
   index.save_index(
     os.path.join(workdir, "database_index.npz"),
     index.CodeIndex(

@@ -157,7 +157,7 @@ def _mnv2_digits(**model):
   return c
 
 
-def test_feature_cache_trains_and_evaluates_like_the_full_model(tmp_path):
+def test_feature_cache_trains_and_evaluates_like_the_full_model(tmp_path, monkeypatch):
   """Same run with the frozen prefix cached and recomputed every step: same losses, params and mAP."""
   out = {}
   for mode in ("auto", "off"):
@@ -178,10 +178,14 @@ def test_feature_cache_trains_and_evaluates_like_the_full_model(tmp_path):
   meta = json.load(open(tmp_path / "auto" / "run_meta.json"))
   assert meta["feature_cache"]["hit"] is False
   # eval.py on the finished run: reads the same cache, reproduces the reported mAP.
-  from ssdh_jax import evaluate_run
+  from ssdh_jax import evaluate, evaluate_run
 
+  calls = []
+  encode = evaluate.encode
+  monkeypatch.setattr(evaluate, "encode", lambda *a, **k: calls.append(len(a[3])) or encode(*a, **k))
   again = evaluate_run.evaluate_workdir(str(tmp_path / "auto"))
   assert again["metrics"]["map"] == pytest.approx(out["auto"][0]["metrics"]["map"], abs=1e-9)
+  assert len(calls) == 2  # queries and database, each encoded once (the index reuses the database codes)
 
 
 def test_feature_cache_is_not_used_under_random_augmentation():

@@ -194,6 +194,7 @@ def test_finished_grid_is_not_rerun(quality, tmp_path, monkeypatch):
   text = out.read_text()
   assert text.count("| ssdh | 12 | small_cnn |") == 4  # two seed rows, the summary row and the paired gap
   assert "--config.model.width=8" in text  # commands are rebuilt for rows from older script versions
+  assert "Grid wall time: 5 runs, 1 min summed over the rows' wall_s = 0.01 h." in text
   assert len((work / "rows.jsonl").read_text().splitlines()) == len(cells)
 
 
@@ -218,6 +219,8 @@ def test_pretrained_mode_cells(quality, tmp_path):
     "ssdh_ramp": ("loss.lam_rampup_steps", 20),
     "ssdh_agree": ("loss.graph_filter", "class_agree", "loss.cls_in_single_label", True),
     "supervised_cls": ("loss.lam", 0.0, "data.include_unlabeled", False, "loss.cls_in_single_label", True),
+    "ssdh_lam0": ("loss.lam", 0.0),
+    "ssdh_b2x": ("train.batch_size", 256),
   }.items():
     diff = {
       k: v
