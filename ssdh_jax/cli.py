@@ -29,14 +29,17 @@ def _define_eval_flags() -> None:
 
 
 def _define_search_flags() -> None:
-  flags.DEFINE_string("index", None, "Index file written by `ssdh-eval --write_index` (.npz).")
   flags.DEFINE_string(
     "workdir", None, "Run directory of the model that made the index (for encoding images)."
   )
-  flags.DEFINE_multi_string("image", [], "Query image path(s).")
+  flags.DEFINE_string(
+    "index", "", "Code index (.npz); default <workdir>/database_index.npz, which eval.py writes."
+  )
+  flags.DEFINE_multi_string("image", None, "Query image path (repeat the flag for several).")
   flags.DEFINE_integer("k", 10, "Number of neighbours to print.")
   flags.DEFINE_integer("radius", -1, "If >= 0, print every item within this Hamming radius instead of top-k.")
-  flags.mark_flags_as_required(["index", "workdir", "image"])
+  flags.DEFINE_enum("format", "table", ["table", "jsonl"], "table (for people) | jsonl (one hit per line).")
+  flags.mark_flags_as_required(["workdir"])
 
 
 def _train(argv) -> None:
@@ -81,13 +84,23 @@ def _search(argv) -> None:
   _quiet_by_default()
   from ssdh_jax import evaluate_run
 
+  if not FLAGS.image:
+    _fail("--image: give at least one query image (repeat --image for several)")
+  index_path = FLAGS.index or os.path.join(FLAGS.workdir, "database_index.npz")
   try:
-    rows = evaluate_run.search_images(FLAGS.workdir, FLAGS.index, FLAGS.image, FLAGS.k, FLAGS.radius)
+    rows = evaluate_run.search_images(FLAGS.workdir, index_path, FLAGS.image, FLAGS.k, FLAGS.radius)
   except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
   for row in rows:
-    print(json.dumps(row))
+    if FLAGS.format == "jsonl":
+      for hit in row["hits"]:
+        print(json.dumps({"query": row["image"], **hit}))
+      continue
+    print(f"query: {row['image']}  ({len(row['hits'])} hits)")
+    print("rank\tdistance\tid\tlabel\tpath")
+    for h in row["hits"]:
+      label = ",".join(str(c) for c in h["label"]) or "-"
+      print(f"{h['rank']}\t{h['distance']}\t{h['id']}\t{label}\t{h['path'] or '-'}")
 
 
 def _quiet_by_default() -> None:

@@ -110,12 +110,52 @@ def evaluate_workdir(workdir: str, checkpoint: str = "best", overrides: Sequence
   return results
 
 
-def search_images(workdir: str, index_path: str, images: Sequence[str], k: int, radius: int) -> list[dict]:
-  """Encodes image files with the run's best model and searches the index (top-k, or a Hamming ball)."""
+def item_names(config: ml_collections.ConfigDict) -> tuple[list[str] | None, list[str] | None]:
+  """(path of every pool id, class names) for the run's data source, where the source has them.
+
+  Ids of folder and list-file pools are rows of their sorted path lists (`sources.scan_image_folder`,
+  `sources.scan_list_files`), so a rescan maps ids back to files; other sources give (None, None).
+  """
+  from ssdh_jax.data import sources
+
+  d = config.data
+  if d.source == "folder":
+    relpaths, _, class_names, _ = sources.scan_image_folder(d.manual_dir)
+  elif d.source == "list":
+    relpaths = sources.scan_list_files(d.manual_dir, d.list_files, int(d.num_classes), "skip")[0]
+    class_names = None
+  else:
+    return None, None
+  return [os.path.join(d.manual_dir, r) for r in relpaths], class_names
+
+
+def _hit(index_: index.CodeIndex, pos: int, distance: int, rank: int, paths, class_names) -> dict:
+  classes = np.flatnonzero(np.asarray(index_.labels[pos]) > 0).tolist()
+  item = int(index_.ids[pos])
+  return {
+    "rank": rank,
+    "id": item,
+    "distance": int(distance),
+    "label": [class_names[c] for c in classes] if class_names else classes,
+    "path": paths[item] if paths is not None and 0 <= item < len(paths) else None,
+  }
+
+
+def search_images(
+  workdir: str, index_path: str, images: Sequence[str], k: int, radius: int
+) -> list[dict[str, Any]]:
+  """Encodes image files with the run's best model and searches the index (top-k, or a Hamming ball).
+
+  Returns one dict per query image: 'image' (its path) and 'hits', a list of dicts with 'rank' (1-based),
+  'id', 'distance' (Hamming), 'label' (class names where the source has them, else class indices) and
+  'path' (the database image, or None for sources without files).
+  """
   from PIL import Image
 
   from ssdh_jax.data import pipeline
 
+  if not images:
+    raise ValueError("--image: give at least one query image")
   config = load_run_config(workdir)
   idx = index.load_index(index_path, bits=int(config.model.bits))
   arrays = []
@@ -134,14 +174,19 @@ def search_images(workdir: str, index_path: str, images: Sequence[str], k: int, 
   from ssdh_jax import hashing
 
   packed = np.asarray(hashing.pack_bits(codes))
+  paths, class_names = item_names(config)
+  position = {int(item): p for p, item in enumerate(np.asarray(idx.ids))}
   if radius >= 0:
     found = index.range_search(idx, packed, radius)
-    return [
-      {"image": p, "ids": np.asarray(ids).tolist(), "distances": np.asarray(d).tolist()}
-      for p, (ids, d) in zip(images, found)
-    ]
-  ids, dists = index.search(idx, packed, k)
+  else:
+    found = list(zip(*index.search(idx, packed, k)))
   return [
-    {"image": p, "ids": np.asarray(i).tolist(), "distances": np.asarray(d).tolist()}
-    for p, i, d in zip(images, ids, dists)
+    {
+      "image": img,
+      "hits": [
+        _hit(idx, position[int(i)], d, r, paths, class_names)
+        for r, (i, d) in enumerate(zip(np.asarray(ids), np.asarray(dists)), start=1)
+      ],
+    }
+    for img, (ids, dists) in zip(images, found)
   ]

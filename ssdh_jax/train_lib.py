@@ -567,7 +567,12 @@ def train_and_evaluate(
     while in_flight and (block_all or len(in_flight) > ahead):
       jax.block_until_ready(in_flight.popleft())
       if progress is not None:
+        if progress.n == start:
+          progress.set_postfix_str("")
         progress.update(1)
+
+  if progress is not None:
+    progress.set_postfix_str("compiling the train step")  # the first step waits for XLA: say so
 
   try:
     while step < num_steps:

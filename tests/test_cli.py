@@ -106,19 +106,34 @@ def test_train_eval_search_end_to_end(tmp_path):
   path = tmp_path / "q.png"
   Image.fromarray(img).convert("RGB").save(path)
   env_cmd = ["-c", "from ssdh_jax import cli; cli.search_main()"]
-  proc = run(
-    *env_cmd,
-    "--workdir",
-    wd,
-    "--index",
-    os.path.join(wd, "database_index.npz"),
-    "--image",
-    str(path),
-    "--k",
-    "5",
-  )
-  row = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert len(row["ids"]) == 5 and row["distances"] == sorted(row["distances"])
+  proc = run(*env_cmd, "--workdir", wd, "--image", str(path), "--k", "5", "--format", "jsonl")
+  hits = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+  assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5] and all(h["query"] == str(path) for h in hits)
+  assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+  assert all(len(h["label"]) == 1 and 0 <= h["label"][0] < 10 for h in hits)  # digits: class ids, no files
+  assert "mark_flag_as_required" not in proc.stderr
+  table = run(*env_cmd, "--workdir", wd, "--image", str(path), "--k", "3").stdout
+  assert "rank\tdistance\tid\tlabel\tpath" in table and len(table.strip().splitlines()) == 5
+  no_image = run(*env_cmd, "--workdir", wd, check=False)
+  assert no_image.returncode == 2 and "--image" in no_image.stderr and "Traceback" not in no_image.stderr
 
   bad = run("eval.py", "--workdir", str(tmp_path / "missing"), check=False)
   assert bad.returncode != 0 and "config.json" in bad.stderr
+
+
+def test_search_names_folder_items_by_path_and_class(tmp_path):
+  from PIL import Image
+
+  from configs import default
+  from ssdh_jax import evaluate_run
+
+  for rel in ("train/cat/b.png", "train/cat/a.png", "test/dog/c.png"):
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / rel)
+  c = default.get_config()
+  c.data.source, c.data.manual_dir = "folder", str(tmp_path)
+  paths, classes = evaluate_run.item_names(c)
+  assert paths == [str(tmp_path / r) for r in ("test/dog/c.png", "train/cat/a.png", "train/cat/b.png")]
+  assert classes == ["cat", "dog"]
+  c.data.source = "digits"
+  assert evaluate_run.item_names(c) == (None, None)

@@ -347,3 +347,14 @@ def test_load_splits_with_pool_argument(tmp_path):
     pipeline.load_splits(c, str(tmp_path / "x"))
   cfg = ml_collections.ConfigDict({"data": c.data.to_dict()})
   assert pipeline._data_cfg(cfg) is cfg.data
+
+
+def test_in_memory_images_smaller_than_the_input_size_are_refused(tmp_path):
+  c = default.get_config()
+  c.data.source, c.data.protocol = "arrays", "digits"
+  c.data.image_size = 16  # digits are 8x8
+  with pytest.raises(ValueError, match=r"images are 8x8, smaller than data.image_size=16"):
+    pipeline.load_splits(c, str(tmp_path), pool=sources.digits())
+  c.data.resize_size = 16  # resized alike for training and evaluation: accepted
+  out, _ = pipeline.load_splits(c, str(tmp_path / "ok"), pool=sources.digits())
+  assert len(out["query"]) > 0

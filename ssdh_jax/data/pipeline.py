@@ -158,6 +158,13 @@ def load_splits(config: Any, workdir: str, pool: Examples | None = None) -> tupl
     cache_dir=d.get("cache_dir", ""),
   )
   skipped += sk
+  if pool.in_memory and int(d.resize_size) == 0 and min(pool.images.shape[1:3]) < int(d.image_size):
+    h, w = pool.images.shape[1:3]
+    raise ValueError(
+      f"{d.source} pool: images are {h}x{w}, smaller than data.image_size={d.image_size}, and "
+      f"data.resize_size=0 (training would pad them, evaluation would resize them): set data.resize_size to "
+      f"resize them the same way for both, or data.image_size <= {min(h, w)}"
+    )
   split_dir = d.split_dir or os.path.join(workdir, "splits")
   rows, record = splits_lib.get_splits(
     pool.labels,
