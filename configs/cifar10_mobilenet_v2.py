@@ -1,7 +1,7 @@
 """CIFAR-10 (`cifar10` protocol), MobileNetV2 with torchvision ImageNet weights at 224, for a GPU.
 
 Usage: python train.py --config configs/cifar10_mobilenet_v2.py:48 --workdir DIR \
-  --config.data.manual_dir=/path/cifar10 --config.model.pretrained=/path/mobilenet_v2-b0353104.pth
+  --config.data.manual_dir=/path/cifar10 --config.model.pretrained=torchvision:mobilenet_v2
 """
 
 from configs import default

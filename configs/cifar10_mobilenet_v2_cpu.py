@@ -5,7 +5,7 @@ frozen up to `model.trainable` and no random augmentation, so the frozen prefix 
 cache) and every step trains only the last layers and the heads. Used by `bench/quality.py --pretrained`.
 
 Usage: python train.py --config configs/cifar10_mobilenet_v2_cpu.py:48 --workdir DIR \
-  --config.data.manual_dir=/path/cifar10 --config.model.pretrained=/path/mobilenet_v2-b0353104.pth
+  --config.data.manual_dir=/path/cifar10 --config.model.pretrained=torchvision:mobilenet_v2
 """
 
 from configs import default

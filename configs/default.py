@@ -49,7 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.width = 32  # small_cnn base width
   m.dtype = "float32"  # compute dtype: float32 | bfloat16 (hash/class outputs are always float32)
   m.param_dtype = "float32"
-  m.pretrained = ""  # path to a .pth (torchvision layout) or .npz (VGG-F) checkpoint; empty: random init
+  # A .pth (torchvision layout) or .npz (VGG-F) path, or 'torchvision[:<model>]' (installed weight package,
+  # ~/.cache/ssdh_jax, then a download); empty: random init.
+  m.pretrained = ""
   m.preprocess = "unit"  # caffe_bgr | imagenet | unit
   m.depthwise = "auto"  # depthwise conv: auto (shift on CPU, conv elsewhere) | conv | shift
   m.trainable = "all"  # all | heads | a backbone layer (e.g. features_14): that layer onward trains

@@ -82,7 +82,12 @@ def images_fingerprint(pool: Examples) -> str:
 def cache_key(config: Any, prefix_layer: int, images_fp: str) -> dict[str, Any]:
   """The fields a cached prefix output depends on (config: the full run config)."""
   m, d = config.model, config.data
-  weights = file_sha256(m.pretrained) if m.pretrained else f"random init, seed {int(config.seed)}"
+  if m.pretrained:
+    from ssdh_jax import weights as weights_lib
+
+    weights = file_sha256(weights_lib.resolve_pretrained(m.pretrained, m.name))
+  else:
+    weights = f"random init, seed {int(config.seed)}"
   return {
     "version": _VERSION,
     "backbone": m.name,

