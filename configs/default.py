@@ -6,6 +6,8 @@ Caffe release (../shared/docs/ssdh-method.md); comments name the release value w
 
 import ml_collections
 
+from ssdh_jax import losses
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -61,27 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.feature_cache_dir = ""  # empty: <data.cache_dir>/features, or <workdir>/feature_cache
 
   # ---------------------------------------------------------------- loss
-  c.loss = ls = ml_collections.ConfigDict()
-  ls.name = "ssdh"  # ssdh | dpsh
-  ls.variant = "multi_label"  # multi_label (release) | single_label (farthest-third negatives, no pl/cls)
-  ls.graph_feature = "codes"  # codes (release: detached hash outputs) | features (fc7)
-  ls.knn_k = 8  # neighbour drawn from the first min(knn_k, N/3) sorted positions
-  ls.neg_window = (114, 124)  # non-neighbour window at window_ref_n (release: (120, 124) for 12 bits)
-  ls.window_ref_n = 128  # the window scales linearly with the global batch size
-  ls.lam = 0.1  # weight of the graph-embedding and pseudo-label terms
-  ls.lam_rampup_steps = 0  # λ grows linearly from 0 over these steps (0: the release's constant λ)
-  # Graph edges kept only where the endpoints agree in predicted class (neighbours) or disagree (non-neighbours):
-  # none (release) | class_agree (needs the class head trained: use_cls, and cls_in_single_label if single-label)
-  ls.graph_filter = "none"
-  ls.cls_in_single_label = False  # train the class head (L_cls) in the single-label variant too
-  ls.margin = 3.0  # contrastive margin m (release: 2.5 for 12 bits)
-  ls.rank_margin = 1.0  # triplet margin
-  ls.max_tries = 10  # tries to find a negative sharing no label with the positive
-  ls.use_rank = True
-  ls.use_emb = True
-  ls.use_pl = True
-  ls.use_cls = True
-  ls.dpsh_eta = 0.1  # DPSH quantisation weight (loss.name=dpsh only)
+  # Every field of ssdh_jax.losses.SSDHLoss (documented there), with its release defaults: one source of truth.
+  c.loss = ml_collections.ConfigDict({"name": "ssdh", **losses.SSDHLoss().to_dict()})  # name: ssdh | dpsh
 
   # ---------------------------------------------------------------- optimiser
   c.optim = o = ml_collections.ConfigDict()

@@ -66,6 +66,14 @@ def _topk(v) -> str | None:
   return None if ok else f"expected a list of integers ≥ 1, got {v!r}"
 
 
+def _terms(v) -> str | None:
+  ok = isinstance(v, (list, tuple)) and all(
+    isinstance(t, (list, tuple)) and len(t) == 2 and isinstance(t[0], str) and isinstance(t[1], (int, float))
+    for t in v
+  )
+  return None if ok else f"expected ((name, weight), ...), got {v!r}"
+
+
 def _trainable(v) -> str | None:
   return None if isinstance(v, str) and v else f"expected all | heads | a backbone layer name, got {v!r}"
 
@@ -106,6 +114,8 @@ RULES: Mapping[str, Rule] = {
   "loss.graph_feature": _choice("codes", "features", "fc7"),
   "loss.graph_filter": _choice("none", "class_agree"),
   "loss.cls_in_single_label": _bool,
+  "loss.graph": _str,  # a registered builder; an unknown name fails when the loss is built
+  "loss.extra_terms": _terms,
   "loss.knn_k": _int(1),
   "loss.neg_window": _window,
   "loss.window_ref_n": _int(1),

@@ -12,7 +12,7 @@ anchor unless another row has an identical feature and a smaller id.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -230,6 +230,28 @@ def sample_graph_pairs(
   pos = jnp.take_along_axis(near, q_pos[:, None], axis=1)[:, 0]
   neg = jnp.take_along_axis(far, (q_neg - lo)[:, None], axis=1)[:, 0]
   return {"pos": pos, "neg": neg, "pos_rank": q_pos, "neg_rank": q_neg, "neg_valid": neg_valid}
+
+
+GraphBuilder = Callable[..., dict[str, Array]]  # the signature of `sample_graph_pairs`
+_BUILDERS: dict[str, GraphBuilder] = {"knn_window": sample_graph_pairs}
+
+
+def register_graph_builder(name: str, fn: GraphBuilder) -> GraphBuilder:
+  """Registers a graph builder for config.loss.graph = name. It receives `sample_graph_pairs`'s arguments
+  (detached features, per-anchor random words, anchor and row ids, k_size, window, classes) and returns the
+  same dict ('pos', 'neg', 'pos_rank', 'neg_rank', 'neg_valid'); it must depend on a row only through its
+  global id and its features, so that sharded and single-device runs agree."""
+  if name in _BUILDERS:
+    raise ValueError(f"graph builder {name!r} is already registered")
+  _BUILDERS[name] = fn
+  return fn
+
+
+def get_graph_builder(name: str) -> GraphBuilder:
+  try:
+    return _BUILDERS[name]
+  except KeyError:
+    raise ValueError(f"unknown graph builder {name!r}; registered: {sorted(_BUILDERS)}") from None
 
 
 def masked_choice(bits: Array, mask: Array, row_ids: Array) -> tuple[Array, Array]:

@@ -28,7 +28,9 @@ single-label variant, whose class head the filter reads.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +54,137 @@ COUNT_NAMES = {
 
 def _identity(x: Array) -> Array:
   return x
+
+
+# ------------------------------------------------------------------------------------------------ settings
+
+
+@dataclasses.dataclass(frozen=True)
+class SSDHLoss:
+  """Settings of the SSDH loss (and DPSH's `dpsh_eta`): the release's values at 48 bits. Frozen and hashable, so
+  it can be a static argument of `jax.jit`; `configs/default.py` builds `config.loss` from these defaults and
+  `as_settings` turns a config section (or a plain dict) back into one, the only place that fills defaults.
+
+  Attributes:
+    variant: 'multi_label' (release: window non-neighbours, pseudo-label and class terms) | 'single_label'
+      (farthest-third non-neighbours; no pseudo-label term, no class term unless cls_in_single_label).
+    graph_feature: what the online graph is built on: 'codes' (release: detached hash outputs) | 'features'.
+    graph: registered graph builder (`graph.get_graph_builder`); 'knn_window' is the release's.
+    graph_filter: 'none' (release) | 'class_agree' (edges only between rows predicted in the same class).
+    knn_k: the neighbour is drawn from the first min(knn_k, N/3) sorted positions.
+    neg_window: non-neighbour window (a, b) at window_ref_n, scaled linearly with the global batch.
+    window_ref_n: batch size neg_window is defined at.
+    lam: weight λ of the graph-embedding and pseudo-label terms.
+    lam_rampup_steps: λ grows linearly from 0 over these steps (0: the release's constant λ).
+    margin: contrastive margin m (release: 2.5 for 12 bits). rank_margin: triplet margin.
+    max_tries: draws to find a triplet negative sharing no label with the positive.
+    use_rank, use_emb, use_pl, use_cls: term switches (pl/cls need outputs['class_logits']).
+    cls_in_single_label: train the class head (L_cls) in the single-label variant too.
+    extra_terms: ((name, weight), ...) registered terms (`register_term`) added to the loss.
+    dpsh_eta: DPSH quantisation weight (loss 'dpsh' only).
+  """
+
+  variant: str = "multi_label"
+  graph_feature: str = "codes"
+  graph: str = "knn_window"
+  graph_filter: str = "none"
+  knn_k: int = 8
+  neg_window: tuple[int, int] = (114, 124)
+  window_ref_n: int = 128
+  lam: float = 0.1
+  lam_rampup_steps: int = 0
+  margin: float = 3.0
+  rank_margin: float = 1.0
+  max_tries: int = 10
+  use_rank: bool = True
+  use_emb: bool = True
+  use_pl: bool = True
+  use_cls: bool = True
+  cls_in_single_label: bool = False
+  extra_terms: tuple[tuple[str, float], ...] = ()
+  dpsh_eta: float = 0.1
+
+  def __post_init__(self):
+    set_ = lambda name, v: object.__setattr__(self, name, v)  # frozen: normalise in place
+    set_("neg_window", tuple(int(x) for x in self.neg_window))
+    set_("extra_terms", tuple((str(n), float(w)) for n, w in self.extra_terms))
+    for field, options in (
+      ("variant", ("multi_label", "single_label")),
+      ("graph_feature", ("codes", "features", "fc7")),
+      ("graph_filter", ("none", "class_agree")),
+    ):
+      if getattr(self, field) not in options:
+        raise ValueError(f"SSDHLoss.{field}: {getattr(self, field)!r}; expected one of {' | '.join(options)}")
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name for f in dataclasses.fields(SSDHLoss)}
+
+
+def as_settings(cfg: SSDHLoss | Mapping[str, Any] | None) -> SSDHLoss:
+  """`cfg` as SSDHLoss: a config.loss section or a plain dict (fields it lacks, e.g. in an older run's saved
+  config, take the release's defaults; 'name' is the loss's registry name and ignored here); None: defaults.
+  An unknown field is an error, so a typo cannot be ignored silently."""
+  if isinstance(cfg, SSDHLoss):
+    return cfg
+  if cfg is None:
+    return SSDHLoss()
+  items = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
+  items.pop("name", None)
+  unknown = sorted(set(items) - _FIELDS)
+  if unknown:
+    raise ValueError(f"unknown loss settings {unknown}; SSDHLoss has {sorted(_FIELDS)}")
+  return SSDHLoss(**items)
+
+
+# ------------------------------------------------------------------------------------------------ extra terms
+
+
+@dataclasses.dataclass(frozen=True)
+class TermInputs:
+  """What a registered term reads. Arrays hold the GLOBAL batch; `anchors` are this call's rows.
+
+  codes: (N, k) float32 relaxed codes; outputs: every model output; labels (N, C) float32; labeled (N,) bool;
+  anchors (n,) int32; samples: `ssdh_sample`'s indices; settings: the SSDHLoss; num_rows: N.
+  """
+
+  codes: Array
+  outputs: Mapping[str, Array]
+  labels: Array
+  labeled: Array
+  anchors: Array
+  samples: Mapping[str, Array]
+  settings: SSDHLoss
+  num_rows: int
+
+
+TermFn = Callable[[TermInputs], Array]
+_TERMS: dict[str, TermFn] = {}
+
+
+def register_term(name: str) -> Callable[[TermFn], TermFn]:
+  """Decorator: registers `fn(TermInputs) -> scalar` under `name` for SSDHLoss.extra_terms.
+
+  Sharding contract: the value must be an additive partial over the anchors (a sum over `anchors` divided by
+  a constant or by `num_rows`), so that shards partitioning the anchors sum to the full-batch value.
+  """
+
+  def add(fn: TermFn) -> TermFn:
+    if name in _TERMS or name in ("rank", "emb", "pl", "cls"):
+      raise ValueError(f"loss term {name!r} is already registered")
+    _TERMS[name] = fn
+    return fn
+
+  return add
+
+
+def get_term(name: str) -> TermFn:
+  try:
+    return _TERMS[name]
+  except KeyError:
+    raise ValueError(f"unknown loss term {name!r}; registered: {sorted(_TERMS)}") from None
 
 
 @jax.custom_jvp
@@ -95,21 +228,23 @@ def _defaults(n_rows: int, anchor_ids: Array | None, row_ids: Array | None) -> t
   return anchors, rids
 
 
-def _opt(cfg: Mapping, name: str, default):
-  """A loss field added after a config was written (old run folders lack it): the release's value."""
-  return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
-
-
-def _terms_on(cfg: Mapping, outputs: Mapping[str, Array]) -> dict[str, bool]:
+def _terms_on(cfg: SSDHLoss, outputs: Mapping[str, Array]) -> dict[str, bool]:
+  """The built-in terms this loss computes. The variant defines which exist; a term that is on but lacks its
+  inputs is an error (never dropped silently)."""
   single = cfg.variant == "single_label"
-  has_cls = "class_logits" in outputs
   on = {
     "rank": bool(cfg.use_rank),
     "emb": bool(cfg.use_emb),
-    "pl": bool(cfg.use_pl) and not single and has_cls,
-    "cls": bool(cfg.use_cls) and has_cls and (not single or bool(_opt(cfg, "cls_in_single_label", False))),
+    "pl": bool(cfg.use_pl) and not single,
+    "cls": bool(cfg.use_cls) and (not single or bool(cfg.cls_in_single_label)),
   }
-  if _opt(cfg, "graph_filter", "none") == "class_agree" and on["emb"] and not on["cls"]:
+  need = [t for t in ("pl", "cls") if on[t]]
+  if need and "class_logits" not in outputs:
+    raise ValueError(
+      f"loss terms {need} need outputs['class_logits'] (a class head: model.num_classes > 0); switch them "
+      f"off with use_pl=False / use_cls=False, or use variant='single_label'"
+    )
+  if cfg.graph_filter == "class_agree" and on["emb"] and not on["cls"]:
     raise ValueError(
       "loss.graph_filter='class_agree' filters graph edges by class predictions, so it needs a trained class "
       "head: model.num_classes > 0, loss.use_cls=True and, in the single-label variant, "
@@ -118,23 +253,21 @@ def _terms_on(cfg: Mapping, outputs: Mapping[str, Array]) -> dict[str, bool]:
   return on
 
 
-def graph_classes(outputs: Mapping[str, Array], cfg: Mapping) -> Array | None:
+def graph_classes(outputs: Mapping[str, Array], cfg: SSDHLoss | Mapping) -> Array | None:
   """(N, C) bool one-hot predicted class per row (argmax of the detached class logits) for the class-agreement
   graph filter (config.loss.graph_filter='class_agree'); None without the filter. Predictions only, never the
   labels, so the logged graph purity stays a measurement."""
-  name = _opt(cfg, "graph_filter", "none")
-  if name == "none":
+  cfg = as_settings(cfg)
+  if cfg.graph_filter == "none":
     return None
-  if name != "class_agree":
-    raise ValueError(f"unknown loss.graph_filter {name!r}; expected 'none' or 'class_agree'")
   z = jax.lax.stop_gradient(outputs["class_logits"].astype(jnp.float32))
   return jax.nn.one_hot(jnp.argmax(z, axis=-1), z.shape[-1], dtype=bool)
 
 
-def lam_ramp(cfg: Mapping, step: Array | int | None) -> Array:
+def lam_ramp(cfg: SSDHLoss | Mapping, step: Array | int | None) -> Array:
   """Factor on λ at `step`: linear from 0 to 1 over cfg.lam_rampup_steps (0 or step None: always 1), so the
   unlabeled terms start once the codes, hence the online graph, carry some class structure."""
-  ramp = int(_opt(cfg, "lam_rampup_steps", 0))
+  ramp = int(as_settings(cfg).lam_rampup_steps)
   if ramp <= 0 or step is None:
     return jnp.float32(1.0)
   return jnp.minimum(jnp.asarray(step, jnp.float32) / ramp, 1.0)
@@ -148,10 +281,11 @@ def ssdh_sample(
   labels: Array,
   labeled: Array,
   key: Array,
-  cfg: Mapping,
+  cfg: SSDHLoss | Mapping | None = None,
   *,
   anchor_ids: Array | None = None,
   row_ids: Array | None = None,
+  graph_builder: graph.GraphBuilder | None = None,
 ) -> dict[str, Array]:
   """All index selection of the SSDH loss (never differentiated).
 
@@ -161,9 +295,11 @@ def ssdh_sample(
     labels: (N, C) float32 multi-hot (zeros for unlabeled rows).
     labeled: (N,) bool.
     key: PRNG key of this step.
-    cfg: config.loss.
+    cfg: SSDHLoss (or a config.loss section / dict; see `as_settings`).
     anchor_ids: (n,) int32 rows whose choices to draw (default all N).
     row_ids: (N,) int unique global row ids used for fold_in, tie-breaks and set order (default arange(N)).
+    graph_builder: draws the graph pairs (signature of `graph.sample_graph_pairs`); default: the builder
+      registered under cfg.graph.
 
   Returns:
     dict of (n,) arrays: 'anchors'; graph 'emb_pos', 'emb_neg', 'emb_pos_rank', 'emb_neg_rank',
@@ -171,6 +307,8 @@ def ssdh_sample(
     triplets 'rank_pos', 'rank_neg', 'rank_valid'; pseudo-label pairs 'pl_pos', 'pl_neg', 'pl_valid'.
     Index entries are batch positions; where the matching *_valid is False they are arbitrary.
   """
+  cfg = as_settings(cfg)
+  build = graph_builder or graph.get_graph_builder(cfg.graph)
   h = outputs["codes"]
   big_n = h.shape[0]
   anchors, rids = _defaults(big_n, anchor_ids, row_ids)
@@ -186,7 +324,7 @@ def ssdh_sample(
   out = {"anchors": anchors}
 
   # Online graph: one neighbour and one non-neighbour for every anchor (also used for purity diagnostics).
-  g = graph.sample_graph_pairs(
+  g = build(
     graph.graph_features(outputs, cfg),
     b_graph,
     anchors,
@@ -256,12 +394,13 @@ def ssdh_terms(
   labels: Array,
   labeled: Array,
   samples: Mapping[str, Array],
-  cfg: Mapping,
+  cfg: SSDHLoss | Mapping | None = None,
   *,
   reduce_count: ReduceCount = _identity,
   step: Array | int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """The differentiable SSDH terms given `ssdh_sample`'s indices. See `ssdh_loss` for args and returns."""
+  cfg = as_settings(cfg)
   h = outputs["codes"].astype(jnp.float32)
   big_n = h.shape[0]
   labels = jax.lax.stop_gradient(jnp.asarray(labels, jnp.float32))
@@ -306,7 +445,11 @@ def ssdh_terms(
     sq = jnp.sum((prob - labels[a]) ** 2, axis=-1)
     terms["loss_cls"] = jnp.sum(jnp.where(cls_mask, sq, 0.0)) / (2.0 * n_lab)
 
-  loss = terms["loss_rank"] + terms["loss_emb"] + terms["loss_pl"] + terms["loss_cls"]
+  if cfg.extra_terms:
+    inputs = TermInputs(h, outputs, labels, labeled, a, samples, cfg, big_n)
+    for name, weight in cfg.extra_terms:
+      terms[f"loss_{name}"] = jnp.float32(weight) * jnp.asarray(get_term(name)(inputs), jnp.float32)
+  loss = sum(terms.values())
   aux = dict(terms)
   aux.update(
     n_triplets=counts[0],
@@ -323,25 +466,25 @@ def ssdh_loss(
   labels: Array,
   labeled: Array,
   key: Array,
-  cfg: Mapping,
+  cfg: SSDHLoss | Mapping | None = None,
   *,
   anchor_ids: Array | None = None,
   reduce_count: ReduceCount = _identity,
   row_ids: Array | None = None,
   step: Array | int | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-  """SSDH loss (release form; cfg.variant 'single_label' drops the pseudo-label and class terms).
+  """SSDH loss (release form; cfg.variant 'single_label' has no pseudo-label term and no class term).
+
+  `jax.jit(ssdh_loss, static_argnames="cfg")` works with an SSDHLoss (hashable).
 
   Args:
-    outputs: model outputs of the GLOBAL batch: 'codes' (N, k) in (0,1); 'class_logits' (N, C) (pseudo-label
-      and class terms are skipped when absent); 'features' (N, F) if cfg.graph_feature == 'features'. Any
-      float dtype; all loss math is float32.
+    outputs: model outputs of the GLOBAL batch: 'codes' (N, k) in (0,1); 'class_logits' (N, C) (required by
+      the pseudo-label and class terms: a ValueError when they are on and it is absent); 'features' (N, F) if
+      cfg.graph_feature == 'features'. Any float dtype; all loss math is float32.
     labels: (N, C) float32 multi-hot, zeros for unlabeled rows.
     labeled: (N,) bool.
     key: PRNG key of this step (same on every shard).
-    cfg: config.loss (fields: variant, graph_feature, knn_k, neg_window, window_ref_n, lam, margin,
-      rank_margin, max_tries, use_rank, use_emb, use_pl, use_cls; optional lam_rampup_steps, graph_filter,
-      cls_in_single_label).
+    cfg: SSDHLoss, or a config.loss section / dict of its fields (`as_settings`); None: release defaults.
     anchor_ids: (n,) int32 rows whose per-anchor terms this call computes (default: all N).
     reduce_count: sums a (4,) float32 vector of counts over shards (lax.psum); called exactly once, with
       aux[name] for name in COUNT_NAMES['ssdh'].
@@ -351,11 +494,12 @@ def ssdh_loss(
 
   Returns:
     loss: scalar float32 partial.
-    aux: scalar float32 partials: 'loss_rank', 'loss_emb', 'loss_pl', 'loss_cls' (term values, weights
-      included), 'n_triplets', 'n_pl_pairs', 'n_labeled', 'n_purity_pairs' (this shard's counts),
+    aux: scalar float32 partials: 'loss_rank', 'loss_emb', 'loss_pl', 'loss_cls' and 'loss_<name>' per extra
+      term (term values, weights included; the loss is their sum), 'n_triplets', 'n_pl_pairs', 'n_labeled', 'n_purity_pairs' (this shard's counts),
       'graph_purity' (this shard's share of the fraction of sampled neighbours p(i) != i that share a label,
       among anchors i with both i and p(i) labeled).
   """
+  cfg = as_settings(cfg)
   samples = ssdh_sample(outputs, labels, labeled, key, cfg, anchor_ids=anchor_ids, row_ids=row_ids)
   return ssdh_terms(outputs, labels, labeled, samples, cfg, reduce_count=reduce_count, step=step)
 
@@ -368,7 +512,7 @@ def dpsh_loss(
   labels: Array,
   labeled: Array,
   key: Array,
-  cfg: Mapping,
+  cfg: SSDHLoss | Mapping | None = None,
   *,
   anchor_ids: Array | None = None,
   reduce_count: ReduceCount = _identity,
@@ -386,6 +530,7 @@ def dpsh_loss(
     loss: scalar float32 partial; aux: 'loss_pair', 'loss_quant', 'n_pairs' (additive partials).
   """
   del key, row_ids, step
+  cfg = as_settings(cfg)
   u = outputs["hash_logits"].astype(jnp.float32)
   big_n = u.shape[0]
   anchors, _ = _defaults(big_n, anchor_ids, None)

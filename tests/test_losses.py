@@ -445,8 +445,10 @@ def test_term_switches_and_lambda():
     for name in TERMS:
       expected = 0.0 if name[5:] in off else float(full[name]) * (lam / 0.1 if name == "loss_emb" else 1.0)
       np.testing.assert_allclose(float(aux[name]), expected, rtol=1e-6, err_msg=(off, name))
-  # Without a class head the pseudo-label and class terms are skipped.
-  aux = aux_of(loss_cfg(), {"codes": outputs["codes"]})
+  # Without a class head, asking for the pseudo-label or class term is an error, never a silent skip.
+  with pytest.raises(ValueError, match="class_logits"):
+    losses.ssdh_loss({"codes": outputs["codes"]}, labels, labeled, key, loss_cfg())
+  aux = aux_of(loss_cfg(use_pl=False, use_cls=False), {"codes": outputs["codes"]})
   assert float(aux["loss_pl"]) == 0 and float(aux["loss_cls"]) == 0
   np.testing.assert_allclose(float(aux["loss_rank"]), float(full["loss_rank"]), rtol=1e-6)
 
@@ -535,3 +537,69 @@ def test_class_agreement_filter():
   # Unfiltered single-label: no class term unless asked for.
   _, (_, plain), _ = run(loss_cfg(variant="single_label"), o, y, m, key)
   assert float(plain["loss_cls"]) == 0
+
+
+def test_typed_settings_dicts_and_jit_static():
+  o, y, m = make_batch(5)
+  key = jax.random.PRNGKey(1)
+  ref_loss, _ = losses.ssdh_loss(o, y, m, key, loss_cfg())
+  settings = losses.SSDHLoss()
+  assert hash(settings) == hash(losses.SSDHLoss()) and losses.as_settings(loss_cfg()) == settings
+  jitted = jax.jit(losses.ssdh_loss, static_argnames="cfg")
+  loss, _ = jitted(o, y, m, key, cfg=settings)
+  np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+  plain = losses.ssdh_loss(
+    o, y, m, key, {"lam": 0.1, "margin": 3.0}
+  )  # a dict of some fields: the rest default
+  np.testing.assert_allclose(float(plain[0]), float(ref_loss), rtol=1e-6)
+  np.testing.assert_allclose(float(losses.ssdh_loss(o, y, m, key)[0]), float(ref_loss), rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown loss settings"):
+    losses.as_settings({"lamda": 0.2})
+  with pytest.raises(ValueError, match=r"SSDHLoss\.variant"):
+    losses.SSDHLoss(variant="multi")
+
+
+@losses.register_term("test_quant")
+def _quant(t: losses.TermInputs):
+  """Quantisation penalty: mean over rows of ‖h − round(h)‖², as an additive partial over the anchors."""
+  h = t.codes[t.anchors]
+  return jnp.sum((h - jax.lax.stop_gradient(jnp.round(h))) ** 2) / t.num_rows
+
+
+def test_registered_term_is_added_and_shards_sum():
+  o, y, m = make_batch(6)
+  key = jax.random.PRNGKey(2)
+  base = losses.SSDHLoss()
+  with_q = losses.SSDHLoss(extra_terms=(("test_quant", 0.5),))
+  l0, _ = losses.ssdh_loss(o, y, m, key, base)
+  l1, a1 = losses.ssdh_loss(o, y, m, key, with_q)
+  h = np.asarray(o["codes"], np.float64)
+  expect = 0.5 * np.sum((h - np.round(h)) ** 2) / h.shape[0]
+  np.testing.assert_allclose(float(a1["loss_test_quant"]), expect, rtol=1e-5)
+  np.testing.assert_allclose(float(l1), float(l0) + expect, rtol=1e-5)
+  halves = [losses.ssdh_loss(o, y, m, key, with_q, anchor_ids=jnp.arange(i, 48, 2))[1] for i in (0, 1)]
+  np.testing.assert_allclose(sum(float(h_["loss_test_quant"]) for h_ in halves), expect, rtol=1e-5)
+  with pytest.raises(ValueError, match="already registered"):
+    losses.register_term("test_quant")(_quant)
+  with pytest.raises(ValueError, match="unknown loss term"):
+    losses.ssdh_loss(o, y, m, key, losses.SSDHLoss(extra_terms=(("nope", 1.0),)))
+
+
+def test_graph_builder_is_a_parameter_and_a_registry_entry():
+  from ssdh_jax import graph
+
+  o, y, m = make_batch(7)
+  key = jax.random.PRNGKey(3)
+
+  def self_loops(feats, bits, anchor_ids, row_ids, *, k_size, window, classes=None):
+    n = anchor_ids.shape[0]
+    return {"pos": anchor_ids, "neg": anchor_ids[::-1], "pos_rank": jnp.zeros(n, jnp.int32),
+            "neg_rank": jnp.zeros(n, jnp.int32), "neg_valid": jnp.ones(n, bool)}  # fmt: skip
+
+  s = losses.ssdh_sample(o, y, m, key, None, graph_builder=self_loops)
+  np.testing.assert_array_equal(np.asarray(s["emb_pos"]), np.arange(48))
+  graph.register_graph_builder("test_self_loops", self_loops)
+  s2 = losses.ssdh_sample(o, y, m, key, losses.SSDHLoss(graph="test_self_loops"))
+  np.testing.assert_array_equal(np.asarray(s2["emb_neg"]), np.arange(48)[::-1])
+  with pytest.raises(ValueError, match="unknown graph builder"):
+    losses.ssdh_sample(o, y, m, key, losses.SSDHLoss(graph="nope"))
