@@ -271,11 +271,16 @@ def masked_choice(bits: Array, mask: Array, row_ids: Array) -> tuple[Array, Arra
     nonempty: (n,) bool.
   """
   mask = jax.lax.stop_gradient(mask)
-  big_n = mask.shape[1]
   canon = jnp.argsort(row_ids).astype(jnp.int32)  # column positions in row-id order
-  cs = jnp.cumsum(mask[:, canon].astype(jnp.int32), axis=1)
-  count = cs[:, -1]
+  return choice_from_counts(bits, jnp.cumsum(mask[:, canon].astype(jnp.int32), axis=1), canon)
 
+
+def choice_from_counts(bits: Array, cs: Array, canon: Array) -> tuple[Array, Array]:
+  """`masked_choice` given the running counts of its mask in row-id order: cs = cumsum(mask[:, canon], 1)
+  (int32 (n, N)) and canon = argsort(row_ids). Lets callers derive one set's counts from another's (e.g. the
+  complement within a set) instead of paying another cumsum."""
+  big_n = cs.shape[1]
+  count = cs[:, -1]
   r = uniform_index(bits, count[:, None])  # (n, num) rank within the set
   # First canonical position whose cumsum exceeds r: the r-th True column.
   j = jax.vmap(lambda c, rr: jnp.searchsorted(c, rr, side="right"))(cs, r)

@@ -349,10 +349,14 @@ def ssdh_sample(
   # Triplets: p ~ labeled rows sharing a label with a (a itself allowed), n ~ labeled rows sharing none; up to
   # max_tries (p, n) draws, the first with p and n sharing no label is kept.
   if on["rank"]:
-    sim = share_label(y_a, labels)
-    both = lab_a[:, None] & labeled[None, :]
-    p, p_ok = graph.masked_choice(b_rank_pos, both & sim, rids)
-    q, q_ok = graph.masked_choice(b_rank_neg, both & ~sim, rids)
+    # One (n, N) cumsum for both draws: among labeled columns (all of them for a labeled anchor, none for an
+    # unlabeled one), the counts of the dissimilar set are the labeled counts minus the similar set's.
+    canon = jnp.argsort(rids).astype(jnp.int32)
+    sim_c = share_label(y_a, labels[canon]) & labeled[canon][None, :] & lab_a[:, None]
+    cs_sim = jnp.cumsum(sim_c.astype(jnp.int32), axis=1)
+    cs_lab = jnp.cumsum(labeled[canon].astype(jnp.int32))[None, :] * lab_a[:, None].astype(jnp.int32)
+    p, p_ok = graph.choice_from_counts(b_rank_pos, cs_sim, canon)
+    q, q_ok = graph.choice_from_counts(b_rank_neg, cs_lab - cs_sim, canon)
     pn_share = jnp.any((labels[p] > 0.5) & (labels[q] > 0.5), axis=-1)  # (n, tries)
     ok = (p_ok & q_ok)[:, None] & ~pn_share
     first = jnp.argmax(ok, axis=1)[:, None]

@@ -603,3 +603,32 @@ def test_graph_builder_is_a_parameter_and_a_registry_entry():
   np.testing.assert_array_equal(np.asarray(s2["emb_neg"]), np.arange(48)[::-1])
   with pytest.raises(ValueError, match="unknown graph builder"):
     losses.ssdh_sample(o, y, m, key, losses.SSDHLoss(graph="nope"))
+
+
+@pytest.mark.parametrize("single_label", [False, True])
+def test_triplet_draws_bit_identical_to_two_masked_choices(single_label):
+  """The shared-cumsum triplet draw picks exactly the rows of the two-mask formulation it replaced."""
+  from ssdh_jax import graph
+
+  o, y, m = make_batch(8, single_label=single_label, frac_labeled=0.6)
+  rid = jnp.asarray(np.random.default_rng(1).permutation(48) * 5 + 3, jnp.int32)
+  key = jax.random.PRNGKey(4)
+  cfg = losses.SSDHLoss(variant="single_label" if single_label else "multi_label")
+  s = losses.ssdh_sample(o, y, m, key, cfg, row_ids=rid)
+  tries = cfg.max_tries
+  bits = graph.anchor_bits(key, rid, 4 + 2 * tries)
+  sim = losses.share_label(y, y)
+  both = m[:, None] & m[None, :]
+  p, p_ok = graph.masked_choice(bits[:, 2 : 2 + tries], both & sim, rid)
+  q, q_ok = graph.masked_choice(bits[:, 2 + tries : 2 + 2 * tries], both & ~sim, rid)
+  ok = (p_ok & q_ok)[:, None] & ~jnp.any((y[p] > 0.5) & (y[q] > 0.5), axis=-1)
+  first = jnp.argmax(ok, axis=1)[:, None]
+  valid = np.asarray(jnp.any(ok, axis=1))
+  np.testing.assert_array_equal(np.asarray(s["rank_valid"]), valid)
+  np.testing.assert_array_equal(
+    np.asarray(s["rank_pos"])[valid], np.asarray(jnp.take_along_axis(p, first, 1)[:, 0])[valid]
+  )
+  np.testing.assert_array_equal(
+    np.asarray(s["rank_neg"])[valid], np.asarray(jnp.take_along_axis(q, first, 1)[:, 0])[valid]
+  )
+  assert valid.sum() > 10
