@@ -97,7 +97,7 @@ RULES: Mapping[str, Rule] = {
   "data.val_from": _choice("", "unlabeled", "labeled"),
   "data.in_memory": _choice("auto", "always", "never"),
   "data.num_workers": _int(0),
-  "model.name": _choice(*models.BACKBONES),
+  "model.name": lambda v: _choice(*models.available_backbones())(v),  # registered ones too, at check time
   "model.bits": _int(1, 4096),
   "model.num_classes": _int(0),
   "model.dropout": _num(0.0, 1.0, open_hi=True),

@@ -16,19 +16,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPROCESSORS = ("caffe_bgr", "imagenet", "unit")
 
-_DEFAULTS = {
-  "vgg_f": "caffe_bgr",
-  "alexnet": "imagenet",
-  "vgg16": "imagenet",
-  "vgg19": "imagenet",
-  "mobilenet_v2": "imagenet",
-  "small_cnn": "unit",
-}
-
 
 def default_preprocess(model_name: str) -> str:
-  """The preprocessing a backbone's pretrained weights expect ('unit' for unknown / from-scratch models)."""
-  return _DEFAULTS.get(model_name, "unit")
+  """The preprocessing a backbone's pretrained weights expect (its registry entry; 'unit' for unknown names)."""
+  from ssdh_jax import models  # lazy: models does not need preprocessing, this keeps the import one-way
+
+  try:
+    return models.backbone_spec(model_name).preprocess
+  except ValueError:
+    return "unit"
 
 
 def _center_crop(x: Array, h: int, w: int) -> Array:

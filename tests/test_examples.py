@@ -28,3 +28,10 @@ def test_custom_loss_term_trains_through_the_standard_trainer(tmp_path):
   values = [float(v) for v in line.split(":")[1].split("->")]
   assert len(values) == 4 and all(v > 0 for v in values)  # logged as its own term at every log step
   assert "mAP@all" in out
+
+
+def test_custom_backbone_trains_through_the_standard_trainer(tmp_path):
+  out = _run("custom_backbone.py", "--workdir", str(tmp_path / "run"), "--steps", "8")
+  assert "tiny_mlp: mAP@all" in out
+  meta = (tmp_path / "run" / "config.json").read_text()
+  assert '"name": "tiny_mlp"' in meta

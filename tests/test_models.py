@@ -293,3 +293,29 @@ def test_build_model_from_default_config():
 def test_unknown_backbone():
   with pytest.raises(ValueError, match="resnet"):
     models.build_backbone("resnet")
+
+
+def test_registered_backbone_is_a_valid_model_name():
+  import flax.linen as nn
+
+  from configs import default
+  from ssdh_jax import config_checks, preprocessing
+
+  class Flat(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(16)(x.reshape(x.shape[0], -1))
+
+  spec = models.BackboneSpec(lambda **_: Flat(), image_size=8, feature_dim=16, preprocess="imagenet")
+  models.register_backbone("test_flat", spec)
+  with pytest.raises(ValueError, match="already registered"):
+    models.register_backbone("test_flat", spec)
+  assert models.backbone_spec("test_flat") is spec and "test_flat" in models.available_backbones()
+  assert preprocessing.default_preprocess("test_flat") == "imagenet"
+  c = default.get_config()
+  c.model.name, c.model.bits = "test_flat", 8
+  config_checks.check_config(c)
+  out = models.build_model(c.model).init_with_output(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 3)))[0]
+  assert out["codes"].shape == (2, 8) and out["features"].shape == (2, 16)
+  with pytest.raises(ValueError, match="unknown backbone 'nope'"):
+    models.build_backbone("nope")

@@ -5,7 +5,8 @@ Each backbone is `module(images (B, H, W, 3), train=bool)`; with num_classes == 
 (B, F), with num_classes > 0 it also applies its ImageNet-style classifier and returns logits (B, num_classes).
 """
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -20,30 +21,124 @@ from ssdh_jax.models.small_cnn import SmallCNN
 from ssdh_jax.models.vgg import VGG
 from ssdh_jax.models.vgg_f import VGGF
 
-BACKBONES = ("vgg_f", "alexnet", "vgg16", "vgg19", "mobilenet_v2", "small_cnn")
 
-# Nominal input size (after crop) and feature width F of each backbone.
-DEFAULT_IMAGE_SIZE = {
-  "vgg_f": 224,
-  "alexnet": 224,
-  "vgg16": 224,
-  "vgg19": 224,
-  "mobilenet_v2": 224,
-  "small_cnn": 32,
-}
-FEATURE_DIM = {"vgg_f": 4096, "alexnet": 4096, "vgg16": 4096, "vgg19": 4096, "mobilenet_v2": 1280}
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+  """A backbone as the registry knows it.
 
-# Backbones that carry BatchNorm state (apply with mutable=['batch_stats'] when train=True).
-HAS_BATCH_NORM = frozenset({"mobilenet_v2", "small_cnn"})
+  build: `build(*, num_classes, dropout, width, dtype, param_dtype, axis_name, depthwise, layers)` -> a Linen
+    module `module(images (B, H, W, 3), train=bool)` returning features (B, F) (logits when num_classes > 0);
+    a builder may ignore the arguments it has no use for, but must refuse `layers` unless it lists `layers`.
+  image_size: nominal input size after crop.
+  feature_dim: F (None when it depends on the config, e.g. small_cnn's width).
+  batch_norm: carries BatchNorm state (applied with mutable=['batch_stats'] when training).
+  preprocess: what its pretrained weights expect (preprocessing.PREPROCESSORS).
+  layers: its top-level layers in forward order, when it can run a slice of them (model.trainable=<layer>,
+    the feature cache); () otherwise.
+  """
 
-# Backbones that can run a contiguous slice of their layers (model.trainable=<layer>, the feature cache).
-_LAYERS = {"mobilenet_v2": MOBILENET_V2_LAYERS}
+  build: Callable[..., nn.Module]
+  image_size: int
+  feature_dim: int | None = None
+  batch_norm: bool = False
+  preprocess: str = "unit"
+  layers: tuple[str, ...] = ()
+
+
+_SPECS: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(name: str, spec: BackboneSpec) -> BackboneSpec:
+  """Makes `name` a valid config.model.name (training, evaluation, the CLI). Returns `spec`."""
+  if name in _SPECS:
+    raise ValueError(f"backbone {name!r} is already registered")
+  _SPECS[name] = spec
+  return spec
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+  try:
+    return _SPECS[name]
+  except KeyError:
+    raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(_SPECS)}") from None
+
+
+def available_backbones() -> tuple[str, ...]:
+  return tuple(_SPECS)
+
+
+def _no_slices(name: str, layers) -> None:
+  if layers is not None and layers != (0, 0, 0):
+    raise ValueError(f"backbone {name!r} cannot run a slice of its layers")
+
+
+def _build_vgg_f(*, dropout, layers, num_classes, dtype, param_dtype, **_):
+  _no_slices("vgg_f", layers)
+  return VGGF(dropout=dropout, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype)
+
+
+def _build_alexnet(*, dropout, layers, num_classes, dtype, param_dtype, **_):
+  _no_slices("alexnet", layers)
+  return AlexNet(dropout=dropout, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype)
+
+
+def _build_vgg(depth: int):
+  def build(*, dropout, layers, num_classes, dtype, param_dtype, **_):
+    _no_slices(f"vgg{depth}", layers)
+    return VGG(depth=depth, dropout=dropout, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype)
+
+  return build
+
+
+def _build_mobilenet_v2(*, axis_name, depthwise, layers, num_classes, dtype, param_dtype, **_):
+  lo, hi, train_from = layers or (0, len(MOBILENET_V2_LAYERS), 0)
+  return MobileNetV2(
+    axis_name=axis_name,
+    depthwise=depthwise,
+    input_layer=lo,
+    output_layer=hi,
+    train_from=train_from,
+    num_classes=num_classes,
+    dtype=dtype,
+    param_dtype=param_dtype,
+  )
+
+
+def _build_small_cnn(*, width, dropout, axis_name, layers, num_classes, dtype, param_dtype, **_):
+  _no_slices("small_cnn", layers)
+  return SmallCNN(
+    width=width,
+    dropout=dropout,
+    axis_name=axis_name,
+    num_classes=num_classes,
+    dtype=dtype,
+    param_dtype=param_dtype,
+  )
+
+
+register_backbone("vgg_f", BackboneSpec(_build_vgg_f, 224, 4096, preprocess="caffe_bgr"))
+register_backbone("alexnet", BackboneSpec(_build_alexnet, 224, 4096, preprocess="imagenet"))
+register_backbone("vgg16", BackboneSpec(_build_vgg(16), 224, 4096, preprocess="imagenet"))
+register_backbone("vgg19", BackboneSpec(_build_vgg(19), 224, 4096, preprocess="imagenet"))
+register_backbone(
+  "mobilenet_v2",
+  BackboneSpec(
+    _build_mobilenet_v2, 224, 1280, batch_norm=True, preprocess="imagenet", layers=MOBILENET_V2_LAYERS
+  ),
+)
+register_backbone("small_cnn", BackboneSpec(_build_small_cnn, 32, None, batch_norm=True))
+
+# Views of the built-in backbones (benches and tests read them; `backbone_spec` also knows registered ones).
+BACKBONES = available_backbones()
+DEFAULT_IMAGE_SIZE = {n: s.image_size for n, s in _SPECS.items()}
+FEATURE_DIM = {n: s.feature_dim for n, s in _SPECS.items() if s.feature_dim}
+HAS_BATCH_NORM = frozenset(n for n, s in _SPECS.items() if s.batch_norm)
 
 
 def backbone_layers(name: str) -> tuple[str, ...]:
   """The backbone's top-level layers in forward order (the names params['backbone'] uses); () when it cannot
   be sliced by layer."""
-  return _LAYERS.get(name, ())
+  return backbone_spec(name).layers
 
 
 def build_backbone(
@@ -58,10 +153,10 @@ def build_backbone(
   depthwise: str = "auto",
   layers: tuple[int, int, int] | None = None,
 ) -> nn.Module:
-  """A backbone by registry name.
+  """A backbone by registry name (`register_backbone`).
 
   Args:
-    name: one of BACKBONES.
+    name: a registered backbone (built in: vgg_f, alexnet, vgg16, vgg19, mobilenet_v2, small_cnn).
     num_classes: 0 for a feature extractor; e.g. 1000 to keep the ImageNet classifier (pretrained top-1).
     dropout: rate of the fc dropouts (vgg_f, alexnet, vgg16/19, small_cnn; mobilenet_v2 keeps torchvision's
       0.2 before its classifier).
@@ -74,29 +169,16 @@ def build_backbone(
       the activation entering that layer, unpooled) and the first layer that trains (those before it run in
       inference mode: BatchNorm running statistics). None: the whole backbone, all trainable.
   """
-  dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
-  common = dict(num_classes=num_classes, dtype=dtype, param_dtype=param_dtype)
-  if name == "vgg_f":
-    return VGGF(dropout=dropout, **common)
-  if name == "alexnet":
-    return AlexNet(dropout=dropout, **common)
-  if name in ("vgg16", "vgg19"):
-    return VGG(depth=int(name[3:]), dropout=dropout, **common)
-  if name == "mobilenet_v2":
-    lo, hi, train_from = layers or (0, len(MOBILENET_V2_LAYERS), 0)
-    return MobileNetV2(
-      axis_name=axis_name,
-      depthwise=depthwise,
-      input_layer=lo,
-      output_layer=hi,
-      train_from=train_from,
-      **common,
-    )
-  if layers is not None and layers != (0, 0, 0):
-    raise ValueError(f"backbone {name!r} cannot run a slice of its layers")
-  if name == "small_cnn":
-    return SmallCNN(width=width, dropout=dropout, axis_name=axis_name, **common)
-  raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
+  return backbone_spec(name).build(
+    num_classes=num_classes,
+    dropout=dropout,
+    width=width,
+    dtype=jnp.dtype(dtype),
+    param_dtype=jnp.dtype(param_dtype),
+    axis_name=axis_name,
+    depthwise=depthwise,
+    layers=layers,
+  )
 
 
 def first_trainable_layer(model_cfg: Mapping[str, Any]) -> int:
@@ -193,13 +275,17 @@ __all__ = [
   "VGG",
   "VGGF",
   "AlexNet",
+  "BackboneSpec",
   "HashingModel",
   "MobileNetV2",
   "SmallCNN",
+  "available_backbones",
   "backbone_layers",
+  "backbone_spec",
   "build_backbone",
   "build_model",
   "build_prefix",
   "first_trainable_layer",
   "init_variables",
+  "register_backbone",
 ]
