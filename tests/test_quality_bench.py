@@ -192,7 +192,8 @@ def test_finished_grid_is_not_rerun(quality, tmp_path, monkeypatch):
      "--data-dir", str(data), "--workdir", str(work), "--mobilenet-weights", "unused.pth", "--out", str(out)]
   )  # fmt: skip
   text = out.read_text()
-  assert text.count("| ssdh | 12 | small_cnn |") == 4  # two seed rows, the summary row and the paired gap
+  assert text.count("| ssdh | 12 | small_cnn |") == 3  # two seed rows and the summary row
+  assert text.count("| ssdh | supervised | 12 | small_cnn | 2 |") == 1  # the paired gap
   assert "--config.model.width=8" in text  # commands are rebuilt for rows from older script versions
   assert "Grid wall time: 5 runs, 1 min summed over the rows' wall_s = 0.01 h." in text
   assert len((work / "rows.jsonl").read_text().splitlines()) == len(cells)
