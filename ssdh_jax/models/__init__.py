@@ -72,20 +72,12 @@ def _no_slices(name: str, layers) -> None:
     raise ValueError(f"backbone {name!r} cannot run a slice of its layers")
 
 
-def _build_vgg_f(*, dropout, layers, num_classes, dtype, param_dtype, **_):
-  _no_slices("vgg_f", layers)
-  return VGGF(dropout=dropout, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype)
+def _fc_builder(name: str, cls: type[nn.Module], **fixed: Any) -> Callable[..., nn.Module]:
+  """Builder of a backbone with fc dropouts and no layer list (vgg_f, alexnet, vgg16/19)."""
 
-
-def _build_alexnet(*, dropout, layers, num_classes, dtype, param_dtype, **_):
-  _no_slices("alexnet", layers)
-  return AlexNet(dropout=dropout, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype)
-
-
-def _build_vgg(depth: int):
   def build(*, dropout, layers, num_classes, dtype, param_dtype, **_):
-    _no_slices(f"vgg{depth}", layers)
-    return VGG(depth=depth, dropout=dropout, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype)
+    _no_slices(name, layers)
+    return cls(dropout=dropout, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **fixed)
 
   return build
 
@@ -116,10 +108,13 @@ def _build_small_cnn(*, width, dropout, axis_name, layers, num_classes, dtype, p
   )
 
 
-register_backbone("vgg_f", BackboneSpec(_build_vgg_f, 224, 4096, preprocess="caffe_bgr"))
-register_backbone("alexnet", BackboneSpec(_build_alexnet, 224, 4096, preprocess="imagenet"))
-register_backbone("vgg16", BackboneSpec(_build_vgg(16), 224, 4096, preprocess="imagenet"))
-register_backbone("vgg19", BackboneSpec(_build_vgg(19), 224, 4096, preprocess="imagenet"))
+register_backbone("vgg_f", BackboneSpec(_fc_builder("vgg_f", VGGF), 224, 4096, preprocess="caffe_bgr"))
+register_backbone("alexnet", BackboneSpec(_fc_builder("alexnet", AlexNet), 224, 4096, preprocess="imagenet"))
+for _depth in (16, 19):
+  register_backbone(
+    f"vgg{_depth}",
+    BackboneSpec(_fc_builder(f"vgg{_depth}", VGG, depth=_depth), 224, 4096, preprocess="imagenet"),
+  )
 register_backbone(
   "mobilenet_v2",
   BackboneSpec(
