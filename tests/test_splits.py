@@ -267,3 +267,22 @@ def test_protocol_table_matches_docs():
   assert (p["mirflickr-25k"].num_classes, p["mirflickr-25k"].database_size) == (38, 19000)
   assert p["imagenet-100"].num_query == 5000 and 10000 <= p["imagenet-100"].num_labeled <= 13000
   assert (p["coco"].num_query, p["coco"].num_labeled) == (5000, 10000)
+
+
+def test_custom_protocol_from_a_string():
+  p = splits.get_protocol("custom:query=4,labeled=10,val=2,balanced=1,r=5", num_classes=2)
+  assert (p.num_query, p.num_labeled, p.val_size, p.balanced, p.labeled_in_database, p.metric_r) == (
+    4, 10, 2, True, True, 5
+  )  # fmt: skip
+  assert (
+    p.name == "custom:query=4,labeled=10,val=2,balanced=1,r=5" and p.num_classes == 2 and not p.multi_label
+  )
+  for bad, says in (
+    ("custom:query=4", "query and labeled"),
+    ("custom:query=4,labeled=x", "bad item"),
+    ("custom:queries=4,labeled=2", "bad item"),
+  ):
+    with pytest.raises(ValueError, match=says):
+      splits.get_protocol(bad, num_classes=2)
+  with pytest.raises(ValueError, match=r"needs data\.num_classes"):
+    splits.get_protocol("custom:query=1,labeled=1")

@@ -201,3 +201,23 @@ def test_metric_writer_flushes_tensorboard_at_every_write(tmp_path):
   events = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
   assert events and os.path.getsize(events[0]) > 0  # readable even if the process is killed now
   w.close()
+
+
+def test_a_forty_image_two_class_folder_trains_with_a_custom_protocol(tmp_path):
+  from PIL import Image
+
+  rng = np.random.default_rng(0)
+  for cls, level in (("cat", 40), ("dog", 200)):
+    (tmp_path / "data" / "train" / cls).mkdir(parents=True)
+    for i in range(20):
+      img = rng.normal(level, 30, (8, 8, 3)).clip(0, 255).astype(np.uint8)
+      Image.fromarray(img).save(tmp_path / "data" / "train" / cls / f"{i}.png")
+  c = tiny_config(steps=4)
+  c.data.source, c.data.manual_dir = "folder", str(tmp_path / "data")
+  c.data.protocol = "custom:query=4,labeled=10,val=2,balanced=1"
+  c.data.num_classes = c.model.num_classes = 2
+  c.train.batch_size = 8
+  res = train_lib.train_and_evaluate(c, str(tmp_path / "run"))
+  assert res["key"]["protocol"] == c.data.protocol  # the spec, with its sizes, names the run
+  assert (res["key"]["num_queries"], res["key"]["num_database"]) == (4, 36)
+  assert 0.0 <= res["metrics"]["map"] <= 1.0

@@ -144,7 +144,9 @@ def load_splits(config: Any, workdir: str, pool: Examples | None = None) -> tupl
   skipped: list[dict[str, Any]] = []
   if pool is None:
     pool, skipped = sources.load_pool(d)
-  protocol = splits_lib.get_protocol(d.protocol)
+  protocol = splits_lib.get_protocol(
+    d.protocol, num_classes=int(d.num_classes), multi_label=bool(d.multi_label)
+  )
   if protocol.num_classes != d.num_classes:
     raise ValueError(
       f"protocol {protocol.name} has {protocol.num_classes} classes, data.num_classes={d.num_classes}"

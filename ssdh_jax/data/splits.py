@@ -172,11 +172,56 @@ PROTOCOLS: Mapping[str, Protocol] = types.MappingProxyType(
 )
 
 
-def get_protocol(name: str | Protocol) -> Protocol:
+CUSTOM_PREFIX = "custom:"
+_CUSTOM_KEYS = {
+  "query": int,
+  "labeled": int,
+  "val": int,
+  "balanced": bool,
+  "labeled_in_database": bool,
+  "r": int,
+}
+
+
+def get_protocol(
+  name: str | Protocol, *, num_classes: int | None = None, multi_label: bool = False
+) -> Protocol:
+  """A built-in protocol by name, or a user's: 'custom:query=Q,labeled=L[,val=V][,balanced=0|1]
+  [,labeled_in_database=0|1][,r=R]' (Q queries, L labeled images, V validation images drawn from the
+  unlabeled rest, per class when balanced (default 0), labeled images also in the database (default 1), mAP@R
+  (default 0: all)). A custom protocol takes its label width from `num_classes` and `multi_label` (the
+  config's data fields); its name, the spec string itself, goes into every report."""
   if isinstance(name, Protocol):
     return name
+  if name.startswith(CUSTOM_PREFIX):
+    if not num_classes:
+      raise ValueError(f"protocol {name!r}: a custom protocol needs data.num_classes")
+    fields: dict[str, Any] = {}
+    for item in filter(None, name[len(CUSTOM_PREFIX) :].split(",")):
+      key, _, raw = item.partition("=")
+      key = key.strip()
+      if key not in _CUSTOM_KEYS or not raw.strip().lstrip("-").isdigit():
+        raise ValueError(
+          f"protocol {name!r}: bad item {item!r}; expected key=integer with key in {', '.join(_CUSTOM_KEYS)}"
+        )
+      fields[key] = _CUSTOM_KEYS[key](int(raw))
+    if fields.get("query", 0) < 1 or fields.get("labeled", 0) < 1:
+      raise ValueError(f"protocol {name!r}: query and labeled must be given, each at least 1")
+    return Protocol(
+      name=name,
+      num_classes=int(num_classes),
+      multi_label=bool(multi_label),
+      num_query=fields["query"],
+      num_labeled=fields["labeled"],
+      val_size=fields.get("val", 0),
+      balanced=fields.get("balanced", False),
+      labeled_in_database=fields.get("labeled_in_database", True),
+      metric_r=fields.get("r", 0),
+    )
   if name not in PROTOCOLS:
-    raise ValueError(f"unknown protocol {name!r}; one of {sorted(PROTOCOLS)}")
+    raise ValueError(
+      f"unknown protocol {name!r}; one of {sorted(PROTOCOLS)} or {CUSTOM_PREFIX}query=…,labeled=…"
+    )
   return PROTOCOLS[name]
 
 
