@@ -211,14 +211,10 @@ def method_config(args, method: str, bits: int, seed: int, backbone: str):
   return c
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
+def _flat(d: dict) -> dict:
+  from ssdh_jax.run_dir import flat_fields
+
+  return flat_fields(d)
 
 
 def train_command(config, backbone: str, bits: int, workdir: str) -> str:

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ssdh_jax.registry import Registry
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -233,7 +235,7 @@ def sample_graph_pairs(
 
 
 GraphBuilder = Callable[..., dict[str, Array]]  # the signature of `sample_graph_pairs`
-_BUILDERS: dict[str, GraphBuilder] = {"knn_window": sample_graph_pairs}
+_BUILDERS: Registry[GraphBuilder] = Registry("graph builder", {"knn_window": sample_graph_pairs})
 
 
 def register_graph_builder(name: str, fn: GraphBuilder) -> GraphBuilder:
@@ -241,17 +243,11 @@ def register_graph_builder(name: str, fn: GraphBuilder) -> GraphBuilder:
   (detached features, per-anchor random words, anchor and row ids, k_size, window, classes) and returns the
   same dict ('pos', 'neg', 'pos_rank', 'neg_rank', 'neg_valid'); it must depend on a row only through its
   global id and its features, so that sharded and single-device runs agree."""
-  if name in _BUILDERS:
-    raise ValueError(f"graph builder {name!r} is already registered")
-  _BUILDERS[name] = fn
-  return fn
+  return _BUILDERS.add(name, fn)
 
 
 def get_graph_builder(name: str) -> GraphBuilder:
-  try:
-    return _BUILDERS[name]
-  except KeyError:
-    raise ValueError(f"unknown graph builder {name!r}; registered: {sorted(_BUILDERS)}") from None
+  return _BUILDERS.get(name)
 
 
 def masked_choice(bits: Array, mask: Array, row_ids: Array) -> tuple[Array, Array]:

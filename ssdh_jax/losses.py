@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ssdh_jax import graph
+from ssdh_jax.registry import Registry
 
 LossFn = Callable[..., tuple[Array, dict[str, Array]]]
 ReduceCount = Callable[[Array], Array]
@@ -161,7 +162,7 @@ class TermInputs:
 
 
 TermFn = Callable[[TermInputs], Array]
-_TERMS: dict[str, TermFn] = {}
+_TERMS: Registry[TermFn] = Registry("loss term", reserved=("rank", "emb", "pl", "cls"))  # built-ins reserved
 
 
 def register_term(name: str) -> Callable[[TermFn], TermFn]:
@@ -171,20 +172,11 @@ def register_term(name: str) -> Callable[[TermFn], TermFn]:
   a constant or by `num_rows`), so that shards partitioning the anchors sum to the full-batch value.
   """
 
-  def add(fn: TermFn) -> TermFn:
-    if name in _TERMS or name in ("rank", "emb", "pl", "cls"):
-      raise ValueError(f"loss term {name!r} is already registered")
-    _TERMS[name] = fn
-    return fn
-
-  return add
+  return lambda fn: _TERMS.add(name, fn)
 
 
 def get_term(name: str) -> TermFn:
-  try:
-    return _TERMS[name]
-  except KeyError:
-    raise ValueError(f"unknown loss term {name!r}; registered: {sorted(_TERMS)}") from None
+  return _TERMS.get(name)
 
 
 @jax.custom_jvp
@@ -556,17 +548,14 @@ def dpsh_loss(
 
 # ------------------------------------------------------------------------------------------------ registry
 
-_REGISTRY: dict[str, LossFn] = {"ssdh": ssdh_loss, "dpsh": dpsh_loss}
+_REGISTRY: Registry[LossFn] = Registry("loss", {"ssdh": ssdh_loss, "dpsh": dpsh_loss})
 
 
 def get_loss(name: str) -> LossFn:
   """Loss function by name ('ssdh' | 'dpsh'); every entry has `ssdh_loss`'s signature."""
-  try:
-    return _REGISTRY[name]
-  except KeyError:
-    raise ValueError(f"unknown loss {name!r}; available: {sorted(_REGISTRY)}") from None
+  return _REGISTRY.get(name)
 
 
 def available_losses() -> tuple[str, ...]:
   """Names accepted by `get_loss`."""
-  return tuple(sorted(_REGISTRY))
+  return tuple(sorted(_REGISTRY.names()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -40,13 +41,15 @@ class WorkdirConflictError(ValueError):
   """The workdir holds a run created with another config."""
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, dict):
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-      out.update(_flat(v, f"{prefix}{k}."))
-    return out
-  return {prefix[:-1]: tree}
+def flat_fields(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """A nested config dict as {'section.field': value}."""
+  out: dict[str, Any] = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(flat_fields(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
 
 
 def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -60,7 +63,7 @@ def config_conflicts(stored: dict[str, Any], new: dict[str, Any]) -> list[tuple[
   A field the stored config lacks (written by an older version, before the field existed) is not a conflict:
   new fields default to the behaviour that version had.
   """
-  old, cur = _flat(stored), _flat(new)
+  old, cur = flat_fields(stored), flat_fields(new)
   missing = object()
   out = []
   for key in sorted(set(old) | set(cur)):

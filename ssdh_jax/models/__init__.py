@@ -20,6 +20,7 @@ from ssdh_jax.models.mobilenet_v2 import MobileNetV2
 from ssdh_jax.models.small_cnn import SmallCNN
 from ssdh_jax.models.vgg import VGG
 from ssdh_jax.models.vgg_f import VGGF
+from ssdh_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,26 +46,20 @@ class BackboneSpec:
   layers: tuple[str, ...] = ()
 
 
-_SPECS: dict[str, BackboneSpec] = {}
+_SPECS: Registry[BackboneSpec] = Registry("backbone")
 
 
 def register_backbone(name: str, spec: BackboneSpec) -> BackboneSpec:
   """Makes `name` a valid config.model.name (training, evaluation, the CLI). Returns `spec`."""
-  if name in _SPECS:
-    raise ValueError(f"backbone {name!r} is already registered")
-  _SPECS[name] = spec
-  return spec
+  return _SPECS.add(name, spec)
 
 
 def backbone_spec(name: str) -> BackboneSpec:
-  try:
-    return _SPECS[name]
-  except KeyError:
-    raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(_SPECS)}") from None
+  return _SPECS.get(name)
 
 
 def available_backbones() -> tuple[str, ...]:
-  return tuple(_SPECS)
+  return _SPECS.names()
 
 
 def _no_slices(name: str, layers) -> None:
@@ -125,9 +120,9 @@ register_backbone("small_cnn", BackboneSpec(_build_small_cnn, 32, None, batch_no
 
 # Views of the built-in backbones (benches and tests read them; `backbone_spec` also knows registered ones).
 BACKBONES = available_backbones()
-DEFAULT_IMAGE_SIZE = {n: s.image_size for n, s in _SPECS.items()}
-FEATURE_DIM = {n: s.feature_dim for n, s in _SPECS.items() if s.feature_dim}
-HAS_BATCH_NORM = frozenset(n for n, s in _SPECS.items() if s.batch_norm)
+DEFAULT_IMAGE_SIZE = {n: backbone_spec(n).image_size for n in BACKBONES}
+FEATURE_DIM = {n: backbone_spec(n).feature_dim for n in BACKBONES if backbone_spec(n).feature_dim}
+HAS_BATCH_NORM = frozenset(n for n in BACKBONES if backbone_spec(n).batch_norm)
 
 
 def backbone_layers(name: str) -> tuple[str, ...]:
