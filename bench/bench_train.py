@@ -186,16 +186,16 @@ def _forward_flops(model, state, batch: int, size: int) -> float | None:
 def run_jax(spec: dict[str, Any]) -> dict[str, Any]:
   import jax
 
-  from ssdh_jax import train_lib
+  from ssdh_jax import mesh, train_lib
 
   cfg = make_config(spec["backbone"], spec["batch"], spec["dtype"])
-  devices = jax.local_devices()[:1]
-  model, tx, _, step_fn = train_lib.build_training(cfg, devices)
+  dm = mesh.create("pmap", 1)
+  model, tx, _, step_fn = train_lib.build_training(cfg, dm)
   state = train_lib.create_train_state(cfg, model, tx, jax.random.PRNGKey(cfg.seed))
   batch = synthetic_batch(spec["batch"], IMAGE_SIZE[spec["backbone"]])
   fwd_flops = _forward_flops(model, state, spec["batch"], IMAGE_SIZE[spec["backbone"]])
-  pstate = train_lib.place_state(state, "pmap", devices)
-  pbatch = train_lib.place_batch(batch, "pmap", devices)
+  pstate = dm.replicate(state)
+  pbatch = dm.shard_batch(batch)
   del state
 
   t = time.perf_counter()
@@ -231,7 +231,7 @@ def run_jax(spec: dict[str, Any]) -> dict[str, Any]:
     "loss": loss,
     "finite": finite,
     "note": note,
-    "device_kind": devices[0].device_kind,
+    "device_kind": dm.local_devices[0].device_kind,
   }
 
 

@@ -86,7 +86,12 @@ def get_config() -> ml_collections.ConfigDict:
   t.num_steps = 1000
   t.parallel = "pmap"  # pmap | shard_map
   t.num_devices = 0  # 0: all local devices
-  t.distributed = False  # call jax.distributed.initialize()
+  t.distributed = False  # call jax.distributed.initialize() (multi-host; see the README)
+  # One command per host: the coordinator's host:port, the process count and this process's id. Empty / 0:
+  # auto-detected by jax.distributed (TPU pods, SLURM, ...).
+  t.coordinator_address = ""
+  t.num_processes = 0
+  t.process_id = 0
   t.log_every = 50
   t.eval_every = 500  # validation mAP for best-checkpoint selection (0: only at the end)
   t.checkpoint_every = 500

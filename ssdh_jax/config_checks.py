@@ -140,6 +140,8 @@ RULES: Mapping[str, Rule] = {
   "train.num_steps": _int(1),
   "train.parallel": _choice("pmap", "shard_map"),
   "train.num_devices": _int(0),
+  "train.num_processes": _int(0),
+  "train.process_id": _int(0),
   "train.log_every": _int(1),
   "train.eval_every": _int(0),
   "train.checkpoint_every": _int(1),
@@ -171,6 +173,11 @@ def check_config(config: ml_collections.ConfigDict | Mapping[str, Any]) -> None:
       if problem:
         raise ValueError(f"config.{path}: {problem}")
   t = config["train"]
+  if t.get("coordinator_address") and not 0 <= int(t["process_id"]) < int(t["num_processes"]):
+    raise ValueError(
+      f"config.train.process_id: {t['process_id']} is not below train.num_processes={t['num_processes']} "
+      "(both are needed with train.coordinator_address)"
+    )
   if t["batch_size"] % max(int(t["num_devices"]), 1):
     raise ValueError(
       f"config.train.batch_size: {t['batch_size']} does not split over train.num_devices={t['num_devices']}"

@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssdh_jax import hashing, metrics, preprocessing
+from ssdh_jax import mesh as mesh_lib
 from ssdh_jax.data import pipeline
 
 PyTree = Any
@@ -57,13 +58,22 @@ def encode(
   return_relaxed: bool = False,
   progress: bool = False,
   desc: str = "",
+  dmesh: mesh_lib.DataMesh | None = None,
 ) -> dict[str, np.ndarray]:
   """Encodes `examples` with centre-crop evaluation preprocessing, batches sharded over local devices; with
   `progress`, a bar named `desc` on a terminal.
 
+  dmesh: on a multi-process run, each process encodes its contiguous share of the rows (`DataMesh.share`)
+  and every process gets all codes back, in row order.
+
   Returns: dict(codes uint32 (N, ceil(k/32)) packed, labels float32 (N,C), ids int64 (N,)
   [, relaxed float32 (N,k)]).
   """
+  if dmesh is not None and dmesh.num_processes > 1:
+    part = dmesh.share(len(examples))
+    local = encode(config, model, state, examples.subset(np.arange(part.start, part.stop)),
+                   batch_size=batch_size, return_relaxed=return_relaxed, progress=progress, desc=desc)  # fmt: skip
+    return dmesh.gather_rows(local)
   devices = jax.local_devices()
   n_dev = len(devices)
   bs = int(batch_size or config.eval.batch_size)
@@ -101,7 +111,11 @@ def encode(
 
 
 def validation_map(
-  config: ml_collections.ConfigDict, model: flax.linen.Module, state, splits: Mapping
+  config: ml_collections.ConfigDict,
+  model: flax.linen.Module,
+  state,
+  splits: Mapping,
+  dmesh: mesh_lib.DataMesh | None = None,
 ) -> float:
   """mAP@R of validation queries against a fixed database sample: the model-selection signal (never queries)."""
   val = splits["validation"]
@@ -113,8 +127,8 @@ def validation_map(
   # Validation images may belong to the protocol's database: keep them out so none retrieves itself.
   others = np.flatnonzero(~np.isin(db.ids, val.ids))
   db = db.subset(np.sort(rng.choice(others, min(ndb, len(others)), replace=False)))
-  q = encode(config, model, state, val)
-  d = encode(config, model, state, db)
+  q = encode(config, model, state, val, dmesh=dmesh)
+  d = encode(config, model, state, db, dmesh=dmesh)
   return float(
     metrics.mean_average_precision(
       q["codes"],
@@ -129,12 +143,17 @@ def validation_map(
 
 
 def encode_query_database(
-  config: ml_collections.ConfigDict, model: flax.linen.Module, state, splits: Mapping
+  config: ml_collections.ConfigDict,
+  model: flax.linen.Module,
+  state,
+  splits: Mapping,
+  dmesh: mesh_lib.DataMesh | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """Codes of the query and database splits (`encode`'s dicts; the database's with 'relaxed')."""
-  show = bool(config.train.progress)
-  q = encode(config, model, state, splits["query"], progress=show, desc="queries")
-  d = encode(config, model, state, splits["database"], return_relaxed=True, progress=show, desc="database")
+  show = bool(config.train.progress) and (dmesh is None or dmesh.is_main)
+  q = encode(config, model, state, splits["query"], progress=show, desc="queries", dmesh=dmesh)
+  d = encode(config, model, state, splits["database"], return_relaxed=True, progress=show, desc="database",
+             dmesh=dmesh)  # fmt: skip
   return q, d
 
 
@@ -146,9 +165,10 @@ def evaluate_state(
   meta: Mapping[str, Any],
   *,
   step: int,
+  dmesh: mesh_lib.DataMesh | None = None,
 ) -> dict[str, Any]:
   """Query-vs-database retrieval metrics of `state`, keyed as every reported number must be."""
-  q, d = encode_query_database(config, model, state, splits)
+  q, d = encode_query_database(config, model, state, splits, dmesh)
   return report(config, q, d, meta, step=step)
 
 

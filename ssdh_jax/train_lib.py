@@ -3,9 +3,10 @@
 The step body is a pure function of (state, local batch) with a named data axis. Every device all-gathers the
 model outputs, labels and masks of the whole GLOBAL batch, computes the loss terms of its own anchors against
 every image (so the online graph and the triplets span the global batch) and the gradients are summed over
-devices. Training is therefore the same computation on 1 or 8 devices (up to float reassociation and dropout
-masks, which are drawn per device). The trainer knows nothing of the loss terms: it passes model outputs to
-`losses.get_loss(config.loss.name)` and sums whatever additive partials come back.
+devices. Training is therefore the same computation on 1 or 8 devices, up to float reassociation: the
+built-in backbones draw each dropout mask from its row's global index (`models.layers.RowDropout`). The
+trainer knows nothing of the loss terms: it passes model outputs to `losses.get_loss(config.loss.name)` and
+sums whatever additive partials come back.
 """
 
 from __future__ import annotations
@@ -26,14 +27,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from ssdh_jax import checkpoints, config_checks, evaluate, losses, models, optim, preprocessing, run_dir
+from ssdh_jax import mesh as mesh_lib
 from ssdh_jax.data import pipeline
+from ssdh_jax.models.layers import ROW_DROPOUT_RNG, global_row_ids
 
 PyTree = Any
-AXIS = "data"
 
 
 @flax.struct.dataclass
@@ -126,7 +126,7 @@ def train_step_body(
   """
   n = batch["labels"].shape[0]
   dev = jax.lax.axis_index(axis_name)
-  row_ids = (dev * n + jnp.arange(n)).astype(jnp.int32)
+  row_ids = global_row_ids(n, axis_name)
   step_key = jax.random.fold_in(state.key, state.step)
   k_aug, k_drop, k_loss = jax.random.split(step_key, 3)
   images = preprocess_fn(jax.random.fold_in(k_aug, dev), batch["image"])
@@ -148,7 +148,9 @@ def train_step_body(
       variables,
       images,
       train=True,
-      rngs={"dropout": jax.random.fold_in(k_drop, dev)},
+      # RowDropout (the built-in backbones) keys each row by its global index: one key on every device.
+      # nn.Dropout in a user's module gets a per-device key (its masks then vary with the device count).
+      rngs={"dropout": jax.random.fold_in(k_drop, dev), ROW_DROPOUT_RNG: k_drop},
       mutable=["batch_stats"],
     )
     outputs = jax.tree.map(gather, dict(outputs))
@@ -188,7 +190,7 @@ def train_step_body(
   metrics = {
     "loss": loss,
     **aux,
-    "grad_norm": optax.global_norm(grads),
+    "grad_norm": optax.tree.norm(grads),
     "lr": schedule(state.step),
     "finite": finite.astype(jnp.float32),
     **term_metrics,
@@ -229,57 +231,6 @@ def _grads_by_term(loss_of: Callable, params: PyTree, axis_name: str):
   metrics = {f"gnorm_{name}": norms[i] for i, name in enumerate(names)}
   metrics.update({f"gcos_{name}": cosines[i] for i, name in enumerate(names)})
   return (loss, (aux, mutated)), grads, metrics
-
-
-# --------------------------------------------------------------------------- parallel wrappers
-
-
-def make_parallel_step(body: Callable, mode: str, devices: list, donate: bool = True) -> Callable:
-  """Wraps the per-device body with jax.pmap (state/batch with a leading device axis) or jax.shard_map.
-
-  shard_map runs with check_vma=False so that, as under pmap, gradients of replicated parameters are not
-  summed implicitly: the body's explicit psum is the one reduction in both modes. donate: the input state's
-  buffers are reused for the output (the training step); False leaves the input state valid.
-  """
-  fn = functools.partial(body, axis_name=AXIS)
-  donate_argnums = (0,) if donate else ()
-  if mode == "pmap":
-    return jax.pmap(fn, axis_name=AXIS, devices=devices, donate_argnums=donate_argnums)
-  if mode == "shard_map":
-    mesh = Mesh(np.asarray(devices), (AXIS,))
-    mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()), check_vma=False)
-    return jax.jit(mapped, donate_argnums=donate_argnums)
-  raise ValueError(f"config.train.parallel: unknown mode {mode!r} (pmap | shard_map)")
-
-
-def place_state(state: TrainState, mode: str, devices: list) -> TrainState:
-  """Replicates a host state onto the devices in the layout the wrapper expects."""
-  mesh = Mesh(np.asarray(devices), (AXIS,))
-  if mode == "pmap":
-    # Same mesh and axis name as the pmapped step's outputs: any other layout (e.g. an identity pmap with
-    # its internal axis name) makes the second step compile the whole train step again.
-    n = len(devices)
-    stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), state)
-    return jax.device_put(stacked, NamedSharding(mesh, P(AXIS)))
-  return jax.device_put(state, NamedSharding(mesh, P()))
-
-
-def place_batch(batch: Mapping[str, np.ndarray], mode: str, devices: list) -> dict:
-  """Lays a host batch (this process's rows) out over the local devices."""
-  if mode == "pmap":
-    return pipeline.shard(dict(batch), len(devices))
-  mesh = Mesh(np.asarray(devices), (AXIS,))
-  sharding = NamedSharding(mesh, P(AXIS))
-  if jax.process_count() > 1:
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-  return {k: jax.device_put(v, sharding) for k, v in batch.items()}
-
-
-def host_state(state: TrainState, mode: str) -> TrainState:
-  """The state as one host-side copy (first replica under pmap)."""
-  if mode == "pmap":
-    state = jax.tree.map(lambda x: x[0], state)
-  return jax.device_get(state)
 
 
 # --------------------------------------------------------------------------- logging
@@ -352,19 +303,6 @@ class NonFiniteError(RuntimeError):
 # --------------------------------------------------------------------------- main loop
 
 
-def _local_devices(config: ml_collections.ConfigDict) -> list:
-  devices = jax.local_devices()
-  n = config.train.num_devices or len(devices)
-  if n > len(devices):
-    raise ValueError(f"config.train.num_devices={n} but only {len(devices)} local devices are visible")
-  if config.train.batch_size % (n * jax.process_count()):
-    raise ValueError(
-      f"config.train.batch_size={config.train.batch_size} is not divisible by the "
-      f"{n * jax.process_count()} devices"
-    )
-  return devices[:n]
-
-
 def make_preprocess_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """(key, uint8 images) -> network input; on-device augmentation first when configured."""
   name = config.model.preprocess
@@ -395,18 +333,18 @@ def cached_prefix_layer(config: ml_collections.ConfigDict) -> int:
 
 def build_training(
   config: ml_collections.ConfigDict,
-  devices: list,
+  dmesh: mesh_lib.DataMesh,
   input_layer: int = 0,
   *,
   term_grad_norms: bool = False,
   donate: bool = True,
 ):
-  """Model, optimiser, schedule and the wrapped step for `config` on `devices`.
+  """Model, optimiser, schedule and the step for `config`, wrapped for `dmesh` (`mesh.DataMesh.wrap`).
 
   input_layer > 0: the step's batches hold the cached activations entering that backbone layer (see
   `input_view`), not images.
   """
-  model = models.build_model(config.model, axis_name=AXIS, input_layer=input_layer)
+  model = models.build_model(config.model, axis_name=mesh_lib.AXIS, input_layer=input_layer)
   init_model = models.build_model(config.model)
   key = jax.random.PRNGKey(config.seed)
   # The optimiser only needs the parameter tree's structure and names.
@@ -424,12 +362,12 @@ def build_training(
     mask=None if all_trainable else mask,
     term_grad_norms=term_grad_norms,
   )
-  step_fn = make_parallel_step(body, config.train.parallel, devices, donate)
+  step_fn = dmesh.wrap(body, donate)
   return init_model, tx, schedule, step_fn
 
 
 def build_diagnostics(
-  config: ml_collections.ConfigDict, devices: list, input_layer: int = 0
+  config: ml_collections.ConfigDict, dmesh: mesh_lib.DataMesh, input_layer: int = 0
 ) -> Callable | None:
   """(placed state, placed batch) -> metrics with per-term gradient norms, the state left as it was; None when
   config.train.term_grad_norms is 0. A separate program from the step: as a lax.cond branch inside it, the
@@ -437,7 +375,7 @@ def build_diagnostics(
   development script, not a repo bench)."""
   if not int(config.train.term_grad_norms):
     return None
-  _, _, _, step_fn = build_training(config, devices, input_layer, term_grad_norms=True, donate=False)
+  _, _, _, step_fn = build_training(config, dmesh, input_layer, term_grad_norms=True, donate=False)
   return lambda state, batch: step_fn(state, batch)[1]
 
 
@@ -488,12 +426,24 @@ def input_view(
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
-  stacked = jax.device_get(history)
-  out = {}
-  for k in stacked[0]:
-    vals = np.stack([np.asarray(h[k]).reshape(-1)[0] for h in stacked])
-    out[k] = float(vals.mean())
-  return out
+  """Means over steps of host-side metric dicts (scalars)."""
+  return {k: float(np.mean([np.asarray(h[k]).reshape(-1)[0] for h in history])) for k in history[0]}
+
+
+def initialize_distributed(train_cfg: ml_collections.ConfigDict) -> None:
+  """jax.distributed.initialize when train.distributed is set: with train.coordinator_address,
+  num_processes and process_id when given (one command per host), else auto-detected (TPU pods, SLURM).
+  A second call in the same process is a no-op."""
+  if not train_cfg.distributed or jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if train_cfg.coordinator_address:
+    kwargs = dict(
+      coordinator_address=train_cfg.coordinator_address,
+      num_processes=int(train_cfg.num_processes),
+      process_id=int(train_cfg.process_id),
+    )
+  jax.distributed.initialize(**kwargs)
 
 
 def train_and_evaluate(
@@ -510,19 +460,17 @@ def train_and_evaluate(
     The evaluation results dict (also written to workdir/metrics.json) or, if stopped early, {'step': s}.
   """
   config_checks.check_config(config)  # one-line error naming the field, before any work
-  if config.train.distributed:
-    jax.distributed.initialize()
+  initialize_distributed(config.train)
   is_main = jax.process_index() == 0
   run_dir.check_workdir(config, workdir)  # before anything is written: a finished run is never overwritten
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
-  mode = config.train.parallel
   try:
     # Bad input (missing files, corrupt images, wrong label widths, bad config) fails here, before training.
-    devices = _local_devices(config)
+    dmesh = mesh_lib.create(config.train.parallel, config.train.num_devices, config.train.batch_size)
     splits, meta = pipeline.load_splits(config, workdir)
-    model, tx, _, step_fn = build_training(config, devices, cached_prefix_layer(config))
-    diag_fn = build_diagnostics(config, devices, cached_prefix_layer(config))
+    model, tx, _, step_fn = build_training(config, dmesh, cached_prefix_layer(config))
+    diag_fn = build_diagnostics(config, dmesh, cached_prefix_layer(config))
     state = create_train_state(config, model, tx, jax.random.PRNGKey(config.seed))
     model, splits, cache_record = input_view(config, state, splits, workdir)
     if cache_record is not None:
@@ -543,10 +491,10 @@ def train_and_evaluate(
 
   num_steps = int(config.train.num_steps)
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
-  batches: Iterator[dict] = pipeline.train_batches(splits, config, config.seed, start)
-  pstate = place_state(state, mode, devices)
-  per_host = config.train.batch_size // jax.process_count()
-  lo = jax.process_index() * per_host
+  # Each process materialises only its rows of every global batch.
+  rows = dmesh.host_rows(int(config.train.batch_size))
+  batches: Iterator[dict] = pipeline.train_batches(splits, config, config.seed, start, rows=rows)
+  pstate = dmesh.replicate(state)
 
   progress = None
   if config.train.progress and is_main:
@@ -577,11 +525,12 @@ def train_and_evaluate(
   try:
     while step < num_steps:
       batch = next(batches)
-      host_rows = {k: v[lo : lo + per_host] for k, v in batch.items() if k in ("image", "labels", "labeled")}
-      placed = place_batch(host_rows, mode, devices)
+      placed = dmesh.shard_batch({k: batch[k] for k in ("image", "labels", "labeled")})
       if diag_fn is not None and step % diag_every == 0:
         diag = diag_fn(pstate, placed)
-        diag_history.append({k: v for k, v in diag.items() if k.startswith(("gnorm_", "gcos_"))})
+        diag_history.append(
+          dmesh.to_host({k: v for k, v in diag.items() if k.startswith(("gnorm_", "gcos_"))})
+        )
       pstate, metrics = step_fn(pstate, placed)
       history.append(metrics)
       in_flight.append(metrics["loss"])
@@ -593,7 +542,7 @@ def train_and_evaluate(
       eval_due = (config.train.eval_every and (step % config.train.eval_every == 0)) or step == num_steps
       if boundary or ckpt_due or eval_due or (stop_after is not None and step >= stop_after):
         finished(block_all=True)
-        scalars = _mean_metrics(history)
+        scalars = _mean_metrics(dmesh.to_host(history))
         history = []
         if diag_history:
           scalars.update(_mean_metrics(diag_history))
@@ -613,14 +562,15 @@ def train_and_evaluate(
             progress.set_postfix(loss=f"{scalars['loss']:.4f}")
         state = None
         if eval_due:
-          state = host_state(pstate, mode)
-          val = evaluate.validation_map(config, model, state, splits)
+          state = dmesh.to_host(pstate)
+          # Every process computes it from the same gathered codes; process 0's value decides for all.
+          val = dmesh.agree(evaluate.validation_map(config, model, state, splits, dmesh))
           writer.write(step, {"val_map": val})
           ckpt.save_best(step, state, val)
         if ckpt_due:
-          ckpt.save(step, state if state is not None else host_state(pstate, mode))
+          ckpt.save(step, state if state is not None else dmesh.to_host(pstate))
       if stop_after is not None and step >= stop_after:
-        ckpt.save(step, host_state(pstate, mode))
+        ckpt.save(step, dmesh.to_host(pstate))
         ckpt.wait()
         return {"step": step}
   finally:
@@ -629,8 +579,8 @@ def train_and_evaluate(
     writer.close()
     ckpt.wait()
 
-  final_state, best_step = ckpt.restore_best(host_state(pstate, mode))
-  results = evaluate.evaluate_state(config, model, final_state, splits, meta, step=best_step)
+  final_state, best_step = ckpt.restore_best(dmesh.to_host(pstate))
+  results = evaluate.evaluate_state(config, model, final_state, splits, meta, step=best_step, dmesh=dmesh)
   if is_main:
     evaluate.write_report(workdir, results, config)
   return results

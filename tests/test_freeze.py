@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import digits_demo
-from ssdh_jax import feature_cache, models, optim, train_lib
+from ssdh_jax import feature_cache, mesh, models, optim, train_lib
 from ssdh_jax.data import pipeline
 
 MNV2 = {"name": "mobilenet_v2", "bits": 8, "num_classes": 3}
@@ -252,22 +252,18 @@ def test_cache_hit_key_change_and_corruption(tmp_path, caplog):
 def test_term_gradient_norms_do_not_change_the_update(tmp_path):
   c = _digits_config()
   c.loss.variant = "multi_label"
-  devices = jax.devices()[:1]
+  dm = mesh.create("pmap", 1)
   batch = None
   out = {}
   for flag in (0, 1):
-    model, tx, _, step_fn = train_lib.build_training(c, devices, term_grad_norms=bool(flag))
+    model, tx, _, step_fn = train_lib.build_training(c, dm, term_grad_norms=bool(flag))
     state = train_lib.create_train_state(c, model, tx, jax.random.PRNGKey(0))
     if batch is None:
       splits, _ = pipeline.load_splits(c, str(tmp_path))
       b = next(pipeline.train_batches(splits, c, 0, 0))
       batch = {k: b[k] for k in ("image", "labels", "labeled")}
-    pstate = train_lib.place_state(state, "pmap", devices)
-    pstate, m = step_fn(pstate, train_lib.place_batch(batch, "pmap", devices))
-    out[flag] = (
-      train_lib.host_state(pstate, "pmap"),
-      jax.tree.map(lambda x: float(np.asarray(x).reshape(-1)[0]), m),
-    )
+    pstate, m = step_fn(dm.replicate(state), dm.shard_batch(batch))
+    out[flag] = (dm.to_host(pstate), jax.tree.map(float, dm.to_host(m)))
   for a, b in zip(jax.tree.leaves(out[0][0].params), jax.tree.leaves(out[1][0].params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   m = out[1][1]

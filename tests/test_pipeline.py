@@ -263,6 +263,51 @@ def test_file_backed_batches(tmp_path):
   np.testing.assert_array_equal(np.concatenate([x["id"][x["mask"]] for x in batches]), np.arange(12))
 
 
+def _png_splits(tmp_path):
+  rng = np.random.default_rng(6)
+  paths = []
+  for k in range(12):
+    p = str(tmp_path / f"{k}.png")
+    Image.fromarray(rng.integers(0, 256, (6 + k % 3, 7, 3), dtype=np.uint8)).save(p)
+    paths.append(p)
+  ex = sources.Examples(paths, np.eye(3, dtype=np.float32)[np.arange(12) % 3], np.arange(12))
+  return {"train_labeled": ex.subset(np.arange(6)), "train_unlabeled": ex.subset(np.arange(6, 12))}
+
+
+@pytest.mark.parametrize(
+  "source,data",
+  [
+    ("arrays", dict(augment="pad_crop_flip")),
+    ("arrays", dict(augment="none")),
+    ("arrays", dict(augment="pad_crop_flip", on_device_augment=True)),
+    ("features", dict(augment="none")),
+    ("files", dict(augment="crop_flip", image_size=5, resize_size=9)),
+    ("files", dict(augment="crop_flip", image_size=5, resize_size=9, on_device_augment=True)),
+  ],
+)
+def test_host_shares_are_the_rows_of_the_global_batch(tmp_path, source, data):
+  """A process of a multi-host run builds only rows [lo, hi) of each global batch: exactly those rows."""
+  bsz = 8 if source == "files" else 32
+  if source == "files":
+    s = _png_splits(tmp_path)
+  else:
+    s = _splits(48, 200, size=10)
+  if source == "features":
+    for k, ex in s.items():
+      feats = np.random.default_rng(len(ex)).normal(size=(len(ex), 6)).astype(np.float32)
+      s[k] = sources.Examples(feats, ex.labels, ex.ids)
+  c = _config(bsz, 0.5, **{"image_size": 10, **data})
+  for step in (0, 3):
+    full = pipeline.train_batch(s, c, 0, step)
+    for lo, hi in ((0, bsz // 4), (bsz // 4, bsz // 2), (bsz // 2, bsz)):
+      part = pipeline.train_batch(s, c, 0, step, rows=(lo, hi))
+      assert part.keys() == full.keys()
+      for k in full:
+        np.testing.assert_array_equal(part[k], full[k][lo:hi], err_msg=f"{k} rows {lo}:{hi}")
+  with pytest.raises(ValueError, match="not a slice"):
+    pipeline.train_batch(s, c, 0, 0, rows=(0, bsz + 1))
+
+
 def test_shard():
   b = {"image": np.arange(8 * 2 * 2 * 3).reshape(8, 2, 2, 3), "id": np.arange(8)}
   sh = pipeline.shard(b, 4)

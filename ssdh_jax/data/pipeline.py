@@ -443,10 +443,18 @@ def train_batch(
   *,
   executor: concurrent.futures.Executor | None = None,
   cache: dict | None = None,
+  rows: tuple[int, int] | None = None,
 ) -> Batch:
-  """The training batch of step `step`: a pure function of (splits, config, seed, step)."""
+  """The training batch of step `step`: a pure function of (splits, config, seed, step).
+
+  rows: (lo, hi) → only global rows lo … hi − 1 are materialised (a process's share on a multi-host run):
+  equal to the full batch's rows lo:hi, at (hi − lo)/B of the decode and augmentation work.
+  """
   d = config.data
   bsz = int(config.train.batch_size)
+  lo, hi = rows if rows is not None else (0, bsz)
+  if not 0 <= lo < hi <= bsz:
+    raise ValueError(f"rows {rows} are not a slice of the global batch of {bsz}")
   lab, unl = splits["train_labeled"], splits["train_unlabeled"]
   if len(lab) == 0:
     raise ValueError("split 'train_labeled' is empty")
@@ -456,47 +464,64 @@ def train_batch(
   rng = np.random.default_rng([_seed(seed), 2, int(step)])
   order = rng.permutation(bsz)  # mixes labeled and unlabeled rows across the device shards
   u = rng.random((bsz, 3))  # per output row: crop y, crop x, flip
+  # Drawn for the whole batch (so every share agrees), then cut to the rows this caller materialises.
+  order, u, m = order[lo:hi], u[lo:hi], hi - lo
   # Output row i holds source k = order[i] of (labeled rows ++ unlabeled rows).
   src_ex = [lab] * n_lab + [unl] * n_unl
   src_row = np.concatenate([lab_rows, unl_rows])[order]
   src_ex = [src_ex[k] for k in order]
+  from_lab = order < n_lab
 
   resize, size = int(d.resize_size), int(d.image_size)
   files = not (lab.in_memory and (n_unl == 0 or unl.in_memory))
+  gathered = None
+  if is_feature_array(lab) or (not files and not d.on_device_augment):
+    gathered = _gather_rows(lab, unl, src_row, from_lab)
   if is_feature_array(lab):
-    gathered = [lab.images[lab_rows]] + ([unl.images[unl_rows]] if n_unl else [])
-    out = np.concatenate(gathered)[order]
+    out = gathered
   elif d.on_device_augment:
     # Arrays go as stored (the device resizes); files are decoded at one size so that they stack.
     if files:
       common = resize or size
-      out = np.empty((bsz, common, common, 3), np.uint8)
+      out = np.empty((m, common, common, 3), np.uint8)
       _fill(out, lambda i: _source_image(src_ex[i], src_row[i], common), True, executor)
     else:
       if n_unl and lab.images.shape[1:] != unl.images.shape[1:]:
         raise ValueError("on-device augmentation needs same-sized images (set data.resize_size)")
-      out = np.empty((bsz, *lab.images.shape[1:]), np.uint8)
+      out = np.empty((m, *lab.images.shape[1:]), np.uint8)
       _fill(out, lambda i: src_ex[i].images[src_row[i]], False, None)
   else:
     heavy = files or (resize > 0 and lab.images.shape[1:3] != (resize, resize))
     out = None
-    if not files and (n_unl == 0 or lab.images.shape[1:] == unl.images.shape[1:]):
-      gathered = [lab.images[lab_rows]] + ([unl.images[unl_rows]] if n_unl else [])
-      out = _augment_batch(np.concatenate(gathered)[order], u, d)
+    if not files and gathered is not None:
+      out = _augment_batch(gathered, u, d)
     if out is None:
-      out = np.empty((bsz, size, size, 3), np.uint8)
+      out = np.empty((m, size, size, 3), np.uint8)
       fn = lambda i: _augment_one(_source_image(src_ex[i], src_row[i], resize), u[i], d)
       _fill(out, fn, heavy, executor)
 
   labels = np.concatenate([lab.labels[lab_rows], np.zeros((n_unl, lab.labels.shape[1]), np.float32)])
-  labeled = np.concatenate([np.ones(n_lab, bool), np.zeros(n_unl, bool)])
   ids = np.concatenate([lab.ids[lab_rows], unl.ids[unl_rows] if n_unl else np.zeros(0, np.int64)])
   return {
     "image": out,
     "labels": labels[order].astype(np.float32),
-    "labeled": labeled[order],
+    "labeled": from_lab,
     "id": ids[order].astype(np.int64),
   }
+
+
+def _gather_rows(
+  lab: Examples, unl: Examples, src_row: np.ndarray, from_lab: np.ndarray
+) -> np.ndarray | None:
+  """Stored arrays of the selected rows, in output order (None: labeled and unlabeled arrays differ in
+  shape, so they cannot share one array)."""
+  if not from_lab.all() and lab.images.shape[1:] != unl.images.shape[1:]:
+    return None
+  out = np.empty((len(src_row), *lab.images.shape[1:]), lab.images.dtype)
+  out[from_lab] = lab.images[src_row[from_lab]]
+  if not from_lab.all():
+    out[~from_lab] = unl.images[src_row[~from_lab]]
+  return out
 
 
 def _prefetch(make: Callable[[int], Batch], start: int, depth: int) -> Iterator[Batch]:
@@ -535,7 +560,12 @@ def _prefetch(make: Callable[[int], Batch], start: int, depth: int) -> Iterator[
 
 
 def train_batches(
-  splits: Mapping[str, Examples], config: Any, seed: int, start_step: int = 0
+  splits: Mapping[str, Examples],
+  config: Any,
+  seed: int,
+  start_step: int = 0,
+  *,
+  rows: tuple[int, int] | None = None,
 ) -> Iterator[Batch]:
   """Endless training batches for steps start_step, start_step + 1, ... (see the module docstring).
 
@@ -544,6 +574,7 @@ def train_batches(
     config: the full config (data.*, train.batch_size).
     seed: batch-order seed (the trainer passes config.seed).
     start_step: first step (resume).
+    rows: (lo, hi): only those rows of each global batch (this process's share; `train_batch`).
 
   Yields:
     dict(image uint8 (B,S,S,3) [un-augmented when data.on_device_augment], labels float32 (B,C),
@@ -553,7 +584,7 @@ def train_batches(
   cache: dict = {}
 
   def make(step: int) -> Batch:
-    return train_batch(splits, config, seed, step, executor=executor, cache=cache)
+    return train_batch(splits, config, seed, step, executor=executor, cache=cache, rows=rows)
 
   try:
     yield from _prefetch(make, int(start_step), _PREFETCH)

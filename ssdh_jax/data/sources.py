@@ -369,7 +369,7 @@ def materialize(
   keep = good.astype(np.int64)
   if cache_dir:
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = os.path.join(cache_dir, f"{fp}.tmp.npy")
+    tmp = os.path.join(cache_dir, f"{fp}.tmp-{os.getpid()}.npy")  # unique: every process of a run decodes
     np.save(tmp, images)
     os.replace(tmp, os.path.join(cache_dir, f"{fp}.npy"))
     with open(os.path.join(cache_dir, f"{fp}.json"), "w") as f:

@@ -470,7 +470,7 @@ def write_split_files(
   os.makedirs(split_dir, exist_ok=True)
   per, combined = split_hashes(ids_by_split)
   for k in SPLIT_NAMES:
-    tmp = os.path.join(split_dir, f".{k}.txt.tmp")
+    tmp = os.path.join(split_dir, f".{k}.txt.tmp-{os.getpid()}")  # unique: every process of a run writes
     with open(tmp, "wb") as f:
       f.write(_split_bytes(ids_by_split[k]))
     os.replace(tmp, os.path.join(split_dir, f"{k}.txt"))
@@ -480,7 +480,7 @@ def write_split_files(
     split_hash=combined,
     counts={k: len(ids_by_split[k]) for k in SPLIT_NAMES},
   )
-  tmp = os.path.join(split_dir, ".splits.json.tmp")
+  tmp = os.path.join(split_dir, f".splits.json.tmp-{os.getpid()}")
   with open(tmp, "w") as f:
     json.dump(record, f, indent=2, sort_keys=True)
   os.replace(tmp, os.path.join(split_dir, "splits.json"))

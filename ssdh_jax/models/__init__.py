@@ -70,9 +70,16 @@ def _no_slices(name: str, layers) -> None:
 def _fc_builder(name: str, cls: type[nn.Module], **fixed: Any) -> Callable[..., nn.Module]:
   """Builder of a backbone with fc dropouts and no layer list (vgg_f, alexnet, vgg16/19)."""
 
-  def build(*, dropout, layers, num_classes, dtype, param_dtype, **_):
+  def build(*, dropout, axis_name, layers, num_classes, dtype, param_dtype, **_):
     _no_slices(name, layers)
-    return cls(dropout=dropout, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **fixed)
+    return cls(
+      dropout=dropout,
+      axis_name=axis_name,
+      num_classes=num_classes,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      **fixed,
+    )
 
   return build
 
@@ -152,7 +159,8 @@ def build_backbone(
       0.2 before its classifier).
     width: small_cnn base width.
     dtype, param_dtype: compute and parameter dtypes (names or dtypes).
-    axis_name: device axis for cross-device BatchNorm statistics (mobilenet_v2, small_cnn).
+    axis_name: the device axis the batch is split over: cross-device BatchNorm statistics (mobilenet_v2,
+      small_cnn) and dropout masks numbered by global row (`layers.RowDropout`).
     depthwise: mobilenet_v2's depthwise convolution: auto | conv | shift (ssdh_jax.models.depthwise).
     layers: (input_layer, output_layer, train_from) indices into backbone_layers(name): the slice of layers
       the module runs (its input is the activation entering input_layer; output_layer < len(layers) returns

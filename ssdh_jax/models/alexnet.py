@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssdh_jax.models.layers import RowDropout
+
 Array = jax.Array
 
 
@@ -51,12 +53,14 @@ class AlexNet(nn.Module):
 
   Attributes:
     num_classes: 0 → return relu(fc7) features (B, 4096); > 0 → fc8 logits (B, num_classes).
-    dropout: rate of the dropouts before fc6 and fc7 (torchvision: 0.5).
+    dropout: rate of the dropouts before fc6 and fc7 (torchvision: 0.5); masks drawn per global row.
+    axis_name: the device axis the batch is split over (`RowDropout`).
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
   num_classes: int = 0
   dropout: float = 0.5
+  axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -85,8 +89,8 @@ class AlexNet(nn.Module):
     x = adaptive_avg_pool(x, 6)
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order; weights.py permutes torch's (C, H, W) fc6 columns
     dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    x = nn.relu(dense(4096, "fc6")(nn.Dropout(self.dropout, deterministic=not train)(x)))
-    x = nn.relu(dense(4096, "fc7")(nn.Dropout(self.dropout, deterministic=not train)(x)))
+    x = nn.relu(dense(4096, "fc6")(RowDropout(self.dropout, self.axis_name, deterministic=not train)(x)))
+    x = nn.relu(dense(4096, "fc7")(RowDropout(self.dropout, self.axis_name, deterministic=not train)(x)))
     if self.num_classes:
       x = dense(self.num_classes, "fc8")(x)
     return x

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssdh_jax.models.layers import RowDropout
+
 Array = jax.Array
 
 
@@ -21,8 +23,9 @@ class SmallCNN(nn.Module):
   width: w, the channel count of the first stage.
   fc_dim: width of the fc feature layer (0: 8w).
   num_classes: 0 → features (B, fc_dim); > 0 → logits (B, num_classes) from a layer named 'logits'.
-  dropout: rate after the fc layer.
-  axis_name: device axis over which BatchNorm averages batch statistics (None: per device).
+  dropout: rate after the fc layer; masks drawn per global row (`RowDropout`).
+  axis_name: device axis over which BatchNorm averages batch statistics (None: per device) and along which
+    the dropout rows are numbered.
   dtype: compute dtype; param_dtype: parameter dtype.
   """
 
@@ -64,7 +67,7 @@ class SmallCNN(nn.Module):
     x = x.mean(axis=(1, 2))
     fc_dim = self.fc_dim or 8 * self.width
     x = nn.relu(nn.Dense(fc_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x))
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = RowDropout(self.dropout, self.axis_name, deterministic=not train)(x)
     if self.num_classes:
       x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="logits")(x)
     return x

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ssdh_jax.models.alexnet import adaptive_avg_pool
+from ssdh_jax.models.layers import RowDropout
 
 Array = jax.Array
 
@@ -43,13 +44,15 @@ class VGG(nn.Module):
   Attributes:
     depth: 16 or 19.
     num_classes: 0 → dropout(relu(fc7)) features (B, 4096); > 0 → fc8 logits (B, num_classes).
-    dropout: rate after fc6 and fc7 (torchvision: 0.5).
+    dropout: rate after fc6 and fc7 (torchvision: 0.5); masks drawn per global row (`RowDropout`).
+    axis_name: the device axis the batch is split over (for the dropout masks).
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
   depth: int = 16
   num_classes: int = 0
   dropout: float = 0.5
+  axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -73,8 +76,8 @@ class VGG(nn.Module):
     x = adaptive_avg_pool(x, 7)
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order; weights.py permutes torch's (C, H, W) fc6 columns
     dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(dense(4096, "fc6")(x)))
-    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(dense(4096, "fc7")(x)))
+    x = RowDropout(self.dropout, self.axis_name, deterministic=not train)(nn.relu(dense(4096, "fc6")(x)))
+    x = RowDropout(self.dropout, self.axis_name, deterministic=not train)(nn.relu(dense(4096, "fc7")(x)))
     if self.num_classes:
       x = dense(self.num_classes, "fc8")(x)
     return x

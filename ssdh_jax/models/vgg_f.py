@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssdh_jax.models.layers import RowDropout
+
 Array = jax.Array
 
 
@@ -75,12 +77,15 @@ class VGGF(nn.Module):
 
   Attributes:
     num_classes: 0 → return fc7 features (B, 4096); > 0 → also apply fc8 and return its logits (B, num_classes).
-    dropout: dropout rate after fc6 and fc7 (Caffe: 0.5); active only when train=True (rng 'dropout').
+    dropout: dropout rate after fc6 and fc7 (Caffe: 0.5); active only when train=True (rng 'dropout'); masks
+      drawn per global row.
+    axis_name: the device axis the batch is split over (`RowDropout`).
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
   num_classes: int = 0
   dropout: float = 0.5
+  axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -114,8 +119,8 @@ class VGGF(nn.Module):
     # Flattened in (H, W, C) order; the .npz stores fc6 as a 6×6×256×4096 HWIO filter, which matches.
     x = x.reshape(x.shape[0], -1)
     dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(dense(4096, "fc6")(x)))
-    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(dense(4096, "fc7")(x)))
+    x = RowDropout(self.dropout, self.axis_name, deterministic=not train)(nn.relu(dense(4096, "fc6")(x)))
+    x = RowDropout(self.dropout, self.axis_name, deterministic=not train)(nn.relu(dense(4096, "fc7")(x)))
     if self.num_classes:
       x = dense(self.num_classes, "fc8")(x)
     return x
