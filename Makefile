@@ -27,8 +27,10 @@ $(STAMP): $(CORE)
 demo: $(CORE)
 	$(PY) -m ssdh_jax.demo --workdir $(WORKDIR)
 
+# Two pytest-xdist workers: most tests are compile-bound (one core each); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist worksteal tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

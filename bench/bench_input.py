@@ -6,7 +6,9 @@ Reads the shared archive (../shared/data/cifar10-jpeg.tar.xz), unpacks it into a
     (pad 4 -> random 32 crop -> flip) and at 224x224 (resize 256 -> random 224 crop -> flip);
   - host training batches decoding the JPEG files every batch (the path for data sets too big for memory);
   - the on-device path: the host part (gather uint8 rows, no augmentation) and `device_augment` (jit) on the
-    default JAX backend, including the host->device copy.
+    default JAX backend, including the host->device copy;
+  - the input work of one process of a P-process run (`train_batch(..., rows=...)`, its 1/P share of every
+    global batch) against building the whole global batch: time ratio, paired and interleaved.
 
   .venv/bin/python bench/bench_input.py [--quick] [--workers N] [--archive PATH]
 
@@ -62,6 +64,24 @@ def _splits(ex):
   rows = np.random.default_rng(0).permutation(n)
   lab, unl = np.sort(rows[: n // 12]), np.sort(rows[n // 12 :])
   return {"train_labeled": ex.subset(lab), "train_unlabeled": ex.subset(unl)}
+
+
+def _share_ratios(s, c, parts, reps, first_step):
+  """{P: ratios} of t(one process's 1/P share of a global batch) / t(the whole batch); full and shares
+  alternate within each repeat, on the same step's batch."""
+  bsz = int(c.train.batch_size)
+  ratios = {p: [] for p in parts}
+  pipeline.train_batch(s, c, 0, first_step)  # warm-up
+  for r in range(reps):
+    step = first_step + 1 + r
+    t = time.perf_counter()
+    pipeline.train_batch(s, c, 0, step)
+    full = time.perf_counter() - t
+    for p in parts:
+      t = time.perf_counter()
+      pipeline.train_batch(s, c, 0, step, rows=(0, bsz // p))
+      ratios[p].append((time.perf_counter() - t) / full)
+  return ratios
 
 
 def main():
@@ -133,6 +153,12 @@ def main():
         )
       )
 
+    share_reps = 6 if args.quick else 16
+    shares = []
+    for name, src, cfg in (("host, in memory", sm, c224), ("host, JPEG files", sf, c32)):
+      ratios = _share_ratios(src, cfg, (2, 4, 8), share_reps, 10**6)
+      shares.extend((name, cfg.data.image_size, p, v) for p, v in ratios.items())
+
   print(
     f"\n## Input pipeline, CIFAR-10 ({n_decode} images; {os.cpu_count()} CPU cores; JAX backend: {backend})\n"
   )
@@ -141,6 +167,15 @@ def main():
   print("|---|---|---|---|")
   for name, size, rate, note in rows:
     print(f"| {name} | {size}x{size} | {rate:,.0f} | {note} |")
+  print(
+    f"\n### Input work per process on a P-process run (global batch 128, {share_reps} paired repeats)\n\n"
+    "Each process materialises only its rows of every global batch. Ratio = time of one process's share / "
+    "time of the whole batch, both built in this process, alternating; ideal 1/P.\n"
+  )
+  print("| path | output size | P | ratio, median (min–max) | ideal |")
+  print("|---|---|---|---|---|")
+  for name, size, p, v in shares:
+    print(f"| {name} | {size}x{size} | {p} | {np.median(v):.3f} ({min(v):.3f}–{max(v):.3f}) | {1 / p:.3f} |")
   r = {(n, s): v for n, s, v, _ in rows}
   host224, host32 = r[("host, in memory", "224")], r[("host, in memory", "32")]
   gather224 = r[("on-device path: host part (gather uint8)", "224")]

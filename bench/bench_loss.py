@@ -1,9 +1,12 @@
 """Time of the jitted SSDH loss + its gradient (and of its index selection alone) on the local backend.
 
-    .venv/bin/python bench/bench_loss.py            # N = 128, 256, 1024, 4096; k = 48
+    .venv/bin/python bench/bench_loss.py            # N = 128 … 8192; k = 48
     .venv/bin/python bench/bench_loss.py --quick    # N = 128, 256, 1024; fewer repetitions
 
-Prints a Markdown table. `time_loss(n, k, ...)` is importable (e.g. to report the loss's share of a train step).
+Prints a Markdown table with the per-part split: the online graph (the registered builder alone), the other
+index draws (rank triplets, pseudo-label pairs: all selection minus the graph) and the terms with their
+gradient (loss + grad minus all selection); each part is its own jitted program, so the split is by
+difference of medians. `time_loss(n, k, ...)` is importable (e.g. to report the loss's share of a train step).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from configs.default import get_config
-from ssdh_jax import losses
+from ssdh_jax import graph, losses
 
 
 def make_inputs(n: int, k: int, num_classes: int = 10, labeled_fraction: float = 0.5, seed: int = 0):
@@ -67,11 +70,11 @@ def time_loss(
     reps: timed repetitions after the compile run.
     loss_cfg: config.loss (default: configs.default); cfg.name picks the loss.
     num_classes, labeled_fraction, seed: the random batch.
-    selection_only: also time ssdh_sample alone (the sorting / sampling part).
+    selection_only: also time ssdh_sample alone (the sorting / sampling part) and the graph builder alone.
 
   Returns:
-    dict with 'compile_s' (first call, compile included), 'step_ms' (median loss+grad), and 'select_ms'
-    when selection_only.
+    dict with 'compile_s' (first call, compile included), 'step_ms' (median loss+grad), and 'select_ms',
+    'graph_ms' when selection_only.
   """
   cfg = loss_cfg if loss_cfg is not None else get_config().loss
   outputs, labels, labeled = make_inputs(n, k, num_classes, labeled_fraction, seed)
@@ -85,6 +88,24 @@ def time_loss(
   if selection_only and cfg.name == "ssdh":
     sel = jax.jit(lambda o, y, m, key: losses.ssdh_sample(o, y, m, key, cfg))
     out["select_ms"] = 1e3 * _time(sel, (outputs, labels, labeled, key), reps)[1]
+    settings = losses.as_settings(cfg)
+    build = graph.get_graph_builder(settings.graph)
+    rows = jnp.arange(n, dtype=jnp.int32)
+
+    @jax.jit
+    def graph_only(o, key):
+      bits = graph.anchor_bits(key, rows, 2)
+      return build(
+        graph.graph_features(o, settings),
+        bits,
+        rows,
+        rows,
+        k_size=graph.knn_size(n, settings.knn_k),
+        window=graph.graph_window(n, settings),
+        classes=None,
+      )
+
+    out["graph_ms"] = 1e3 * _time(graph_only, (outputs, key), reps)[1]
   return out
 
 
@@ -96,18 +117,25 @@ def main(argv=None) -> None:
   parser.add_argument("--k", type=int, default=48)
   parser.add_argument("--loss", default="ssdh", choices=losses.available_losses())
   args = parser.parse_args(argv)
-  sizes = (128, 256, 1024) if args.quick else (128, 256, 1024, 4096)
+  sizes = (128, 256, 1024) if args.quick else (128, 256, 1024, 2048, 4096, 8192)
   cfg = get_config().loss
   cfg.name = args.loss
   dev = jax.devices()[0]
   print(f"backend: {dev.platform} ({dev.device_kind}), {len(jax.devices())} device(s), jax {jax.__version__}")
   print(f"loss: {cfg.name} ({cfg.variant}), k = {args.k}, labeled fraction 0.5, 10 classes\n")
-  print("| N | k | compile + first run (s) | loss + grad (ms) | selection only (ms) | per anchor (µs) |")
-  print("|---:|---:|---:|---:|---:|---:|")
+  print(
+    "| N | k | compile + first run (s) | loss + grad (ms) | selection only (ms) | graph (ms) | other draws (ms) "
+    "| terms + grad (ms) | per anchor (µs) |"
+  )
+  print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   for n in sizes:
-    reps = (3 if n >= 4096 else 5) if args.quick else (5 if n >= 4096 else 20)
+    reps = (3 if n >= 4096 else 5) if args.quick else (3 if n >= 4096 else 20)
     r = time_loss(n, args.k, reps=reps, loss_cfg=cfg, selection_only=True)
-    sel = f"{r['select_ms']:.2f}" if "select_ms" in r else "–"
+    if "select_ms" in r:
+      parts = (r["select_ms"], r["graph_ms"], r["select_ms"] - r["graph_ms"], r["step_ms"] - r["select_ms"])
+      sel = " | ".join(f"{v:.2f}" for v in parts)
+    else:
+      sel = " | ".join(["–"] * 4)
     print(
       f"| {n} | {args.k} | {r['compile_s']:.2f} | {r['step_ms']:.2f} | {sel} | {1e3 * r['step_ms'] / n:.1f} |",
       flush=True,

@@ -10,6 +10,8 @@ Warm-up steps (compile included) are excluded; each step is synchronised; the me
 
   .venv/bin/python bench/bench_train.py [--quick] [--backbones vgg_f,mobilenet_v2] [--batch N] [--reps N]
                                         [--no-compile] [--no-torch] [--peak-tflops FP32[,BF16]]
+  .venv/bin/python bench/bench_train.py --wrappers [--backbones small_cnn,mobilenet_v2] [--reps N]
+      (pmap vs jit + shard_map around the same step body, alternating in one process)
 
 CPU (no GPU visible to JAX): fp32, small batches. GPU: batch 128, fp32 and bf16 compute (config.model.dtype).
 --quick: mobilenet_v2 and small_cnn only, small batches, 2 timed steps, no torch.compile of 224-px nets on
@@ -434,6 +436,70 @@ def _peak(kind: str, dtype: str, override: list[float] | None) -> float | None:
   return None
 
 
+def compare_wrappers(backbone: str, batch: int, reps: int, num_devices: int = 1) -> dict[str, Any]:
+  """pmap vs jit + shard_map around the same train step body, in this process: compile time of each, then
+  `reps` rounds alternating one step of each. Returns compile seconds, the per-round ratio
+  t(shard_map) / t(pmap) (median, min, max) and both median step times."""
+  import jax
+
+  from ssdh_jax import mesh, train_lib
+
+  cfg = make_config(backbone, batch, "float32")
+  b = synthetic_batch(batch, IMAGE_SIZE[backbone])
+  runs = {}
+  for mode in mesh.MODES:
+    dm = mesh.create(mode, num_devices)
+    model, tx, _, step_fn = train_lib.build_training(cfg, dm)
+    state = dm.replicate(train_lib.create_train_state(cfg, model, tx, jax.random.PRNGKey(cfg.seed)))
+    placed = dm.shard_batch(b)
+    t = time.perf_counter()
+    state, m = step_fn(state, placed)
+    jax.block_until_ready((state, m))
+    runs[mode] = {
+      "fn": step_fn,
+      "state": state,
+      "batch": placed,
+      "compile_s": time.perf_counter() - t,
+      "t": [],
+    }
+  for _ in range(reps):
+    for mode in mesh.MODES:  # alternate: both see the same load
+      r = runs[mode]
+      t = time.perf_counter()
+      r["state"], m = r["fn"](r["state"], r["batch"])
+      jax.block_until_ready((r["state"], m))
+      r["t"].append(time.perf_counter() - t)
+  ratios = [a / b for a, b in zip(runs["shard_map"]["t"], runs["pmap"]["t"])]
+  return {
+    "backbone": backbone,
+    "batch": batch,
+    "devices": num_devices,
+    "compile_s": {m: runs[m]["compile_s"] for m in mesh.MODES},
+    "step_s": {m: statistics.median(runs[m]["t"]) for m in mesh.MODES},
+    "ratio": (statistics.median(ratios), min(ratios), max(ratios)),
+  }
+
+
+def wrappers_main(names: list[str], batch: int, reps: int) -> None:
+  import jax
+
+  print(
+    f"\n## Train step: jit + shard_map vs pmap (same body), {jax.default_backend()}, "
+    f"{os.cpu_count()} CPU threads, load average {os.getloadavg()[0]:.1f}; {reps} alternating rounds\n"
+  )
+  print("| backbone | batch | pmap step ms | shard_map step ms | ratio shard_map/pmap, median (min–max) | "
+        "compile s pmap / shard_map |")  # fmt: skip
+  print("|---|---|---|---|---|---|")
+  for name in names:
+    bsz = batch or QUICK_CPU_BATCH[name]
+    r = compare_wrappers(name, bsz, reps)
+    med, lo, hi = r["ratio"]
+    print(
+      f"| {name} | {bsz} | {1e3 * r['step_s']['pmap']:.1f} | {1e3 * r['step_s']['shard_map']:.1f} | "
+      f"{med:.3f} ({lo:.3f}–{hi:.3f}) | {r['compile_s']['pmap']:.1f} / {r['compile_s']['shard_map']:.1f} |"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="mobilenet_v2 + small_cnn, small batches, few reps")
@@ -457,10 +523,17 @@ def main(argv: list[str] | None = None) -> None:
   ap.add_argument(
     "--peak-tflops", default="", help="peak TFLOP/s for MFU: FP32[,BF16] (default by device kind)"
   )
+  ap.add_argument(
+    "--wrappers", action="store_true", help="only pmap vs jit+shard_map around the same step, paired"
+  )
   ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   if args.worker:
     worker_main(args.worker)
+    return
+  if args.wrappers:
+    names = args.backbones.split(",") if args.backbones else ["small_cnn"]
+    wrappers_main(names, args.batch, args.reps or 16)
     return
 
   import jax

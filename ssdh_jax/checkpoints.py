@@ -22,7 +22,8 @@ def _as_numpy(tree: PyTree) -> PyTree:
 
 
 class Checkpointer:
-  """Saves/restores TrainState pytrees (host copies) for one run directory."""
+  """Saves/restores TrainState pytrees (host copies) for one run directory. A restore target may also be a
+  dict of some of the state's top-level fields (`{'params': ..., 'step': ...}`): only those are read."""
 
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
     root = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -60,9 +61,19 @@ class Checkpointer:
   @staticmethod
   def _restore_newest(manager: ocp.CheckpointManager, target: PyTree, steps: list[int]) -> tuple[PyTree, int]:
     abstract = _as_numpy(target)
+    if isinstance(abstract, dict):
+      # A dict of some top-level fields (e.g. params and batch_stats for evaluation): only those are read,
+      # so no optimiser state has to be built to restore a model.
+      args = ocp.args.PyTreeRestore(
+        item=abstract,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True,
+      )
+    else:
+      args = ocp.args.StandardRestore(abstract)
     for step in sorted(steps, reverse=True):
       try:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
+        return manager.restore(step, args=args), step
       except Exception as e:
         logging.warning(
           "checkpoint at step %d in %s cannot be restored (%s); trying an older one",
@@ -96,4 +107,6 @@ class Checkpointer:
     steps = list(self._last.all_steps())
     if steps:
       return self._restore_newest(self._last, target, steps)
-    return target, int(np.asarray(jax.device_get(target.step)))
+    return target, int(
+      np.asarray(jax.device_get(target["step"] if isinstance(target, dict) else target.step))
+    )

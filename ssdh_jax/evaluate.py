@@ -25,6 +25,14 @@ from ssdh_jax.data import pipeline
 PyTree = Any
 
 
+@flax.struct.dataclass
+class ModelState:
+  """What encoding needs of a run: parameters and BatchNorm statistics (a TrainState also has them)."""
+
+  params: PyTree
+  batch_stats: PyTree
+
+
 def _variables(state) -> dict:
   v = {"params": state.params}
   if state.batch_stats:

@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssdh_jax import checkpoints, config_checks, evaluate, index, models
+from ssdh_jax import checkpoints, config_checks, evaluate, index, mesh, models
 from ssdh_jax.data import pipeline
 
 
@@ -46,22 +46,14 @@ def load_run_config(workdir: str, overrides: Sequence[str] = ()) -> ml_collectio
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best"):
-  """(model, host TrainState, step) restored from the run's checkpoints."""
-  from ssdh_jax import train_lib
-
+  """(model, evaluate.ModelState, step) restored from the run's checkpoints: parameters and BatchNorm
+  statistics only, read against shapes from jax.eval_shape (no optimiser, no initialiser run)."""
   model = models.build_model(config.model)
-  abstract = jax.eval_shape(
+  shapes = jax.eval_shape(
     lambda k: models.init_variables(model, k, config.data.image_size), jax.random.PRNGKey(0)
   )
-  tx, _, _ = train_lib.make_tx(config, abstract["params"])
-  with config.unlocked():
-    pretrained, config.model.pretrained = config.model.pretrained, ""  # the checkpoint holds every weight
-    # Shapes only (no initialiser is compiled or run): zeros of the state's shapes are the restore target.
-    shapes = jax.eval_shape(
-      lambda k: train_lib.create_train_state(config, model, tx, k), jax.random.PRNGKey(config.seed)
-    )
-    config.model.pretrained = pretrained
-  target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+  target = {k: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), v) for k, v in shapes.items() if v}
+  target["step"] = np.zeros((), np.int32)
   ckpt = checkpoints.Checkpointer(workdir, async_save=False)
   if checkpoint == "best":
     state, step = ckpt.restore_best(target)
@@ -75,20 +67,25 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, checkpoint: s
     state, step = ckpt.restore_step(target, wanted)
   if step == 0:
     raise FileNotFoundError(f"{workdir}: no readable checkpoint ({checkpoint})")
-  return model, state, step
+  return model, evaluate.ModelState(params=state["params"], batch_stats=state.get("batch_stats", {})), step
 
 
 def evaluate_workdir(workdir: str, checkpoint: str = "best", overrides: Sequence[str] = ()) -> dict[str, Any]:
   """Restores a checkpoint, evaluates query vs database, writes the report and the database index."""
   config = load_run_config(workdir, overrides)
-  split_data, meta = pipeline.load_splits(config, workdir)
   from ssdh_jax import train_lib
 
+  # On several processes (train.distributed), each encodes its share and all get every code.
+  train_lib.initialize_distributed(config.train)
+  dmesh = mesh.create(config.train.parallel, config.train.num_devices)
+  split_data, meta = pipeline.load_splits(config, workdir)
   _, state, step = restore_state(config, workdir, checkpoint)
   # The frozen prefix's cached outputs (when the run used them) stand in for the images.
   model, split_data, _ = train_lib.input_view(config, state, split_data, workdir)
-  q, db = evaluate.encode_query_database(config, model, state, split_data)
+  q, db = evaluate.encode_query_database(config, model, state, split_data, dmesh)
   results = evaluate.report(config, q, db, meta, step=step)
+  if not dmesh.is_main:
+    return results
   evaluate.write_report(workdir, results, config)
   index.save_index(
     os.path.join(workdir, "database_index.npz"),

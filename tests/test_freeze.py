@@ -183,6 +183,16 @@ def test_feature_cache_trains_and_evaluates_like_the_full_model(tmp_path, monkey
   calls = []
   encode = evaluate.encode
   monkeypatch.setattr(evaluate, "encode", lambda *a, **k: calls.append(len(a[3])) or encode(*a, **k))
+
+  def refuse(what):
+    def fn(*a, **k):
+      raise AssertionError(f"evaluation built {what}")
+
+    return fn
+
+  # Restoring for evaluation reads parameters against eval_shape shapes: no optimiser, no training state.
+  monkeypatch.setattr(optim, "make_optimizer", refuse("an optimiser"))
+  monkeypatch.setattr(train_lib, "create_train_state", refuse("a training state"))
   again = evaluate_run.evaluate_workdir(str(tmp_path / "auto"))
   assert again["metrics"]["map"] == pytest.approx(out["auto"][0]["metrics"]["map"], abs=1e-9)
   assert len(calls) == 2  # queries and database, each encoded once (the index reuses the database codes)
