@@ -1,9 +1,11 @@
-"""A new backbone in one file: registered by name and trained by the standard trainer on the demo digits.
+"""A new backbone in one file, trained by the standard trainer on the demo digits, in either of two ways.
 
-  python examples/custom_backbone.py [--workdir DIR] [--steps N]
+  python examples/custom_backbone.py [--workdir DIR] [--steps N] [--unregistered]
 
-`models.register_backbone` makes the name valid for `config.model.name` everywhere (training, evaluation,
-`eval.py`, the config checks); the hash and class heads, the loss and the trainer are unchanged.
+Registered: `models.register_backbone` makes the name valid for `config.model.name` everywhere (training,
+evaluation, `eval.py`, the config checks); the hash and class heads, the loss and the trainer are unchanged.
+--unregistered: the model object (backbone + `models.HashingModel` heads) and a loss function go straight to
+`train_and_evaluate`, nothing registered (evaluation happens there; `eval.py` rebuilds models by name).
 """
 
 import argparse
@@ -14,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from configs import digits_demo
-from ssdh_jax import models, train_lib
+from ssdh_jax import losses, mesh, models, train_lib
 
 
 class TinyMLP(nn.Module):
@@ -47,6 +49,7 @@ def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", default="")
   p.add_argument("--steps", type=int, default=200)
+  p.add_argument("--unregistered", action="store_true", help="pass the model and loss objects directly")
   args = p.parse_args(argv)
   config = digits_demo.get_config("16")
   config.model.name = "tiny_mlp"
@@ -55,7 +58,23 @@ def main(argv=None) -> dict:
   config.train.log_every = max(args.steps // 4, 1)
   config.train.progress = False
   workdir = args.workdir or tempfile.mkdtemp(prefix="ssdh_tiny_mlp_")
-  results = train_lib.train_and_evaluate(config, workdir)
+  if args.unregistered:
+    config.model.name = (
+      "small_cnn"  # any registered name: only bits and num_classes are read from config.model
+    )
+    model = models.HashingModel(
+      backbone=TinyMLP(dropout=0.1), bits=config.model.bits, num_classes=config.model.num_classes
+    )
+    calls = []
+
+    def loss_fn(*args, **kwargs):  # any function with ssdh_loss's signature; this one counts its traces
+      calls.append(1)
+      return losses.ssdh_loss(*args, **kwargs)
+
+    results = train_lib.train_and_evaluate(config, workdir, model=model, loss_fn=loss_fn)
+    print(f"unregistered model and loss ({len(calls)} loss traces; device axis {mesh.AXIS!r})")
+  else:
+    results = train_lib.train_and_evaluate(config, workdir)
   print(f"tiny_mlp: mAP@all {results['metrics']['map']:.4f} (protocol digits, 16 bits); run folder {workdir}")
   return results
 

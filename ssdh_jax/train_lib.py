@@ -338,14 +338,22 @@ def build_training(
   *,
   term_grad_norms: bool = False,
   donate: bool = True,
+  model: flax.linen.Module | None = None,
+  loss_fn: Callable | None = None,
 ):
   """Model, optimiser, schedule and the step for `config`, wrapped for `dmesh` (`mesh.DataMesh.wrap`).
 
   input_layer > 0: the step's batches hold the cached activations entering that backbone layer (see
   `input_view`), not images.
+  model: a Linen module used as given instead of the one config.model names (images in, a dict with at least
+    'codes' out, like `models.HashingModel`; layers that need the device axis take `mesh.AXIS`).
+  loss_fn: a loss with `losses.ssdh_loss`'s signature, instead of the one config.loss.name names.
   """
-  model = models.build_model(config.model, axis_name=mesh_lib.AXIS, input_layer=input_layer)
-  init_model = models.build_model(config.model)
+  if model is None:
+    model = models.build_model(config.model, axis_name=mesh_lib.AXIS, input_layer=input_layer)
+    init_model = models.build_model(config.model)
+  else:
+    init_model = model
   key = jax.random.PRNGKey(config.seed)
   # The optimiser only needs the parameter tree's structure and names.
   abstract = jax.eval_shape(lambda k: models.init_variables(init_model, k, config.data.image_size), key)
@@ -355,7 +363,7 @@ def build_training(
     train_step_body,
     model=model,
     tx=tx,
-    loss_fn=losses.get_loss(config.loss.name),
+    loss_fn=loss_fn or losses.get_loss(config.loss.name),
     loss_cfg=config.loss,
     schedule=schedule,
     preprocess_fn=(lambda _, x: x.astype(jnp.float32)) if input_layer else make_preprocess_fn(config),
@@ -367,7 +375,7 @@ def build_training(
 
 
 def build_diagnostics(
-  config: ml_collections.ConfigDict, dmesh: mesh_lib.DataMesh, input_layer: int = 0
+  config: ml_collections.ConfigDict, dmesh: mesh_lib.DataMesh, input_layer: int = 0, **custom: Any
 ) -> Callable | None:
   """(placed state, placed batch) -> metrics with per-term gradient norms, the state left as it was; None when
   config.train.term_grad_norms is 0. A separate program from the step: as a lax.cond branch inside it, the
@@ -375,7 +383,7 @@ def build_diagnostics(
   development script, not a repo bench)."""
   if not int(config.train.term_grad_norms):
     return None
-  _, _, _, step_fn = build_training(config, dmesh, input_layer, term_grad_norms=True, donate=False)
+  _, _, _, step_fn = build_training(config, dmesh, input_layer, term_grad_norms=True, donate=False, **custom)
   return lambda state, batch: step_fn(state, batch)[1]
 
 
@@ -447,7 +455,12 @@ def initialize_distributed(train_cfg: ml_collections.ConfigDict) -> None:
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str, *, stop_after: int | None = None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  stop_after: int | None = None,
+  model: flax.linen.Module | None = None,
+  loss_fn: Callable | None = None,
 ) -> dict[str, Any]:
   """Trains SSDH per `config`, checkpointing into `workdir`, then evaluates the best checkpoint.
 
@@ -455,11 +468,20 @@ def train_and_evaluate(
     config: a locked ConfigDict (configs/*.py).
     workdir: run directory; an existing one is resumed from its latest good checkpoint.
     stop_after: stop (as if pre-empted) once this many steps are done; for resume tests.
+    model, loss_fn: use these objects instead of the backbone and loss the config names, without registering
+      anything (see `build_training`). config.model still sets bits, trainability and pretrained weights
+      for the named backbone, so keep model.pretrained empty and model.trainable='all' with your own model;
+      the frozen-prefix feature cache is off. `eval.py` rebuilds models by name: evaluate such a run here.
 
   Returns:
     The evaluation results dict (also written to workdir/metrics.json) or, if stopped early, {'step': s}.
   """
   config_checks.check_config(config)  # one-line error naming the field, before any work
+  if model is not None and (config.model.pretrained or config.model.trainable != optim.ALL):
+    raise ValueError(
+      "config.model.pretrained / config.model.trainable: they apply to the backbone config.model.name names; "
+      "with a model object keep pretrained='' and trainable='all'"
+    )
   initialize_distributed(config.train)
   is_main = jax.process_index() == 0
   run_dir.check_workdir(config, workdir)  # before anything is written: a finished run is never overwritten
@@ -469,10 +491,15 @@ def train_and_evaluate(
     # Bad input (missing files, corrupt images, wrong label widths, bad config) fails here, before training.
     dmesh = mesh_lib.create(config.train.parallel, config.train.num_devices, config.train.batch_size)
     splits, meta = pipeline.load_splits(config, workdir)
-    model, tx, _, step_fn = build_training(config, dmesh, cached_prefix_layer(config))
-    diag_fn = build_diagnostics(config, dmesh, cached_prefix_layer(config))
-    state = create_train_state(config, model, tx, jax.random.PRNGKey(config.seed))
-    model, splits, cache_record = input_view(config, state, splits, workdir)
+    custom = {"model": model, "loss_fn": loss_fn}
+    layer = 0 if model is not None else cached_prefix_layer(config)
+    init_model, tx, _, step_fn = build_training(config, dmesh, layer, **custom)
+    diag_fn = build_diagnostics(config, dmesh, layer, **custom)
+    state = create_train_state(config, init_model, tx, jax.random.PRNGKey(config.seed))
+    if model is None:
+      model, splits, cache_record = input_view(config, state, splits, workdir)
+    else:
+      cache_record = None
     if cache_record is not None:
       meta = dict(meta, feature_cache={k: v for k, v in cache_record.items() if k != "key"})
   except BaseException:

@@ -35,3 +35,10 @@ def test_custom_backbone_trains_through_the_standard_trainer(tmp_path):
   assert "tiny_mlp: mAP@all" in out
   meta = (tmp_path / "run" / "config.json").read_text()
   assert '"name": "tiny_mlp"' in meta
+
+
+def test_model_and_loss_objects_train_without_registering(tmp_path):
+  out = _run("custom_backbone.py", "--workdir", str(tmp_path / "run"), "--steps", "4", "--unregistered")
+  line = next(x for x in out.splitlines() if x.startswith("unregistered model and loss"))
+  assert int(line.split("(")[1].split()[0]) >= 1  # the given loss function was the one traced
+  assert "tiny_mlp: mAP@all" in out
