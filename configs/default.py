@@ -110,6 +110,10 @@ def get_config() -> ml_collections.ConfigDict:
   e.hamming_radius = 2
   e.drop_no_relevant = False  # peers' convention: drop queries with no relevant item in the top R
   e.expected_ties = False  # also report expected AP under random tie order
+  # Distance ties: id_hash ranks the database in a seeded order of the item ids (independent of how the items
+  # are stored; also the order of the saved search index); index: by storage position (before 2026-11-29).
+  e.tie_break = "id_hash"
+  e.tie_seed = 0
   e.query_chunk = 256
   e.val_queries = 500  # validation queries used for model selection during training
   e.val_database = 5000  # database sample those validation queries search (fixed by split_seed)

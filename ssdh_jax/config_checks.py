@@ -152,6 +152,8 @@ RULES: Mapping[str, Rule] = {
   "eval.topk": _topk,
   "eval.hamming_radius": _int(0),
   "eval.query_chunk": _int(1),
+  "eval.tie_break": _choice("id_hash", "index"),
+  "eval.tie_seed": _int(0),
   "eval.val_queries": _int(1),
   "eval.val_database": _int(1),
 }

@@ -118,6 +118,22 @@ def encode(
   return out
 
 
+def tie_ordered(config: ml_collections.ConfigDict, db: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The encoded database (`encode`'s dict) in the order whose positions break distance ties
+  (config.eval.tie_break; see `metrics.tie_order`). Idempotent."""
+  # Runs saved before the field existed are evaluated with today's default.
+  if config.eval.get("tie_break", "id_hash") == "index":
+    return dict(db)
+  perm = metrics.tie_order(db["ids"], int(config.eval.get("tie_seed", 0)))
+  return {k: np.asarray(v)[perm] for k, v in db.items()}
+
+
+def tie_break_label(config: ml_collections.ConfigDict) -> str:
+  if config.eval.get("tie_break", "id_hash") == "index":
+    return "database index (stable)"
+  return f"seeded order of item ids (seed {int(config.eval.get('tie_seed', 0))})"
+
+
 def validation_map(
   config: ml_collections.ConfigDict,
   model: flax.linen.Module,
@@ -136,7 +152,7 @@ def validation_map(
   others = np.flatnonzero(~np.isin(db.ids, val.ids))
   db = db.subset(np.sort(rng.choice(others, min(ndb, len(others)), replace=False)))
   q = encode(config, model, state, val, dmesh=dmesh)
-  d = encode(config, model, state, db, dmesh=dmesh)
+  d = tie_ordered(config, encode(config, model, state, db, dmesh=dmesh))
   return float(
     metrics.mean_average_precision(
       q["codes"],
@@ -189,6 +205,7 @@ def report(
   step: int,
 ) -> dict[str, Any]:
   """Metrics of encoded queries `q` against the encoded database `d`, with the report key."""
+  d = tie_ordered(config, d)
   res = metrics.evaluate_codes(
     q["codes"],
     d["codes"],
@@ -220,7 +237,7 @@ def report(
       "num_database": len(d["ids"]),
       "drop_no_relevant": bool(config.eval.drop_no_relevant),
       "hamming_radius": int(config.eval.hamming_radius),
-      "tie_break": "database index (stable)",
+      "tie_break": tie_break_label(config),
     },
     "metrics": res,
     "bit_balance": np.asarray(bits_on, np.float32).mean(axis=0),

@@ -83,6 +83,7 @@ def evaluate_workdir(workdir: str, checkpoint: str = "best", overrides: Sequence
   # The frozen prefix's cached outputs (when the run used them) stand in for the images.
   model, split_data, _ = train_lib.input_view(config, state, split_data, workdir)
   q, db = evaluate.encode_query_database(config, model, state, split_data, dmesh)
+  db = evaluate.tie_ordered(config, db)  # the saved index keeps this order: search breaks ties the same way
   results = evaluate.report(config, q, db, meta, step=step)
   if not dmesh.is_main:
     return results
@@ -101,6 +102,7 @@ def evaluate_workdir(workdir: str, checkpoint: str = "best", overrides: Sequence
         "split_hash": meta.get("split_hash", ""),
         "protocol": config.data.protocol,
         "checkpoint_step": int(step),
+        "tie_break": evaluate.tie_break_label(config),
       },
     ),
   )

@@ -17,6 +17,9 @@ Conventions (the project's protocols.md; each one explicit, the default named):
   * Relevance: a database item is relevant to a query when they share at least one label (multi-hot entries
     > 0). 1-D integer labels are read as class ids (relevant = same class).
   * Ranking: ascending Hamming distance, ties broken by database index (stable). Positions are 1-based.
+    Storage order then decides ties; `tie_order` gives an order of the database that depends only on the
+    item ids and a seed, and the evaluator (config.eval.tie_break='id_hash', the default) ranks the database
+    in that order, so the headline does not change when the same items are stored in another order.
   * AP@R = (1 / n_R) * sum over positions p <= R holding a relevant item of P@p, with n_R the number of
     relevant items inside the top R (R = 0 or R >= D: the whole database). A query with n_R = 0 has AP 0
     (default) or is left out of the mean with `drop_no_relevant=True` (some peers' convention).
@@ -627,6 +630,23 @@ def _mean_kept(values: np.ndarray, kept: np.ndarray | None) -> float:
   if kept is not None:
     values = values[kept]
   return float(np.mean(values, dtype=np.float64)) if values.size else 0.0
+
+
+def tie_order(ids: ArrayLike, seed: int = 0) -> np.ndarray:
+  """(D,) int64 permutation of a database that puts its items in a seeded pseudo-random order of their ids.
+
+  Ranking the permuted database with the stable (by-position) convention breaks every distance tie in this
+  order: a function of the ids and the seed only, so any storage order of the same items gives the same
+  ranking, and no class or file-name order leaks into it. Hash: splitmix64 of (id, seed); equal hashes fall
+  back to the id.
+  """
+  x = np.asarray(ids, np.int64).astype(np.uint64)
+  with np.errstate(over="ignore"):
+    x = x + np.uint64(0x9E3779B97F4A7C15) * (np.uint64(seed) + np.uint64(1))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+  return np.lexsort((np.asarray(ids, np.int64), x)).astype(np.int64)
 
 
 def mean_average_precision(

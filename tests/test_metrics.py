@@ -291,3 +291,53 @@ def test_packing_matches_hashing_module():
     bits = rng.integers(0, 2, (7, k)).astype(bool)
     np.testing.assert_array_equal(metrics.as_code_words(bits, k), hashing.pack_bits(bits))
     np.testing.assert_array_equal(metrics.as_code_words(bits, k), pack_words(bits))
+
+
+def _report_map(config, q, d):
+  from ssdh_jax import evaluate
+
+  return evaluate.report(config, q, d, {"split_hash": "x"}, step=1)
+
+
+def test_headline_map_does_not_depend_on_database_storage_order():
+  """Folders store the database in class order; ties broken by position then favour the first classes."""
+  from configs import default
+  from ssdh_jax import hashing
+
+  rng = np.random.default_rng(0)
+  bits, n_db, n_q, classes = 8, 600, 40, 6
+  labels = np.sort(rng.integers(0, classes, n_db))  # class-ordered storage, like sorted folder paths
+  # Few bits and class-correlated codes: many ties at every distance, mixed classes inside them.
+  codes = (rng.random((n_db, bits)) < 0.3 + 0.4 * (labels[:, None] % 2)).astype(bool)
+  db = {
+    "codes": np.asarray(hashing.pack_bits(codes)),
+    "labels": np.eye(classes, dtype=np.float32)[labels],
+    "ids": rng.permutation(10 * n_db)[:n_db].astype(np.int64),
+  }
+  qi = rng.choice(n_db, n_q, replace=False)
+  q = {k: v[qi] for k, v in db.items()}
+  c = default.get_config()
+  c.model.bits = bits
+  orders = {"stored": np.arange(n_db), "shuffled": rng.permutation(n_db), "reversed": np.arange(n_db)[::-1]}
+  maps = {}
+  for tie_break in ("id_hash", "index"):
+    c.eval.tie_break = tie_break
+    maps[tie_break] = {
+      name: _report_map(c, q, {k: v[o] for k, v in db.items()})["metrics"]["map"] for name, o in orders.items()
+    }
+  assert len(set(maps["id_hash"].values())) == 1, maps
+  assert len(set(maps["index"].values())) > 1, maps  # storage order did matter under the old convention
+  c.eval.tie_break = "id_hash"
+  key = _report_map(c, q, db)["key"]
+  assert key["tie_break"] == "seeded order of item ids (seed 0)"
+  c.eval.tie_seed = 1
+  assert _report_map(c, q, db)["metrics"]["map"] != maps["id_hash"]["stored"]  # the seed is the tie order
+
+
+def test_tie_order_is_a_permutation_fixed_by_ids_and_seed():
+  ids = np.random.default_rng(1).permutation(1000)[:300].astype(np.int64)
+  perm = metrics.tie_order(ids, 0)
+  assert sorted(perm.tolist()) == list(range(300))
+  shuffled = ids[::-1]
+  np.testing.assert_array_equal(ids[perm], shuffled[metrics.tie_order(shuffled, 0)])
+  assert not np.array_equal(ids[perm], ids[metrics.tie_order(ids, 1)])
