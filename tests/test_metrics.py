@@ -323,7 +323,8 @@ def test_headline_map_does_not_depend_on_database_storage_order():
   for tie_break in ("id_hash", "index"):
     c.eval.tie_break = tie_break
     maps[tie_break] = {
-      name: _report_map(c, q, {k: v[o] for k, v in db.items()})["metrics"]["map"] for name, o in orders.items()
+      name: _report_map(c, q, {k: v[o] for k, v in db.items()})["metrics"]["map"]
+      for name, o in orders.items()
     }
   assert len(set(maps["id_hash"].values())) == 1, maps
   assert len(set(maps["index"].values())) > 1, maps  # storage order did matter under the old convention
