@@ -88,23 +88,10 @@ def time_loss(
   if selection_only and cfg.name == "ssdh":
     sel = jax.jit(lambda o, y, m, key: losses.ssdh_sample(o, y, m, key, cfg))
     out["select_ms"] = 1e3 * _time(sel, (outputs, labels, labeled, key), reps)[1]
-    settings = losses.as_settings(cfg)
-    build = graph.get_graph_builder(settings.graph)
     rows = jnp.arange(n, dtype=jnp.int32)
-
-    @jax.jit
-    def graph_only(o, key):
-      bits = graph.anchor_bits(key, rows, 2)
-      return build(
-        graph.graph_features(o, settings),
-        bits,
-        rows,
-        rows,
-        k_size=graph.knn_size(n, settings.knn_k),
-        window=graph.graph_window(n, settings),
-        classes=None,
-      )
-
+    graph_only = jax.jit(
+      lambda o, key: losses.online_graph(o, cfg, graph.anchor_bits(key, rows, 2), rows, rows)
+    )
     out["graph_ms"] = 1e3 * _time(graph_only, (outputs, key), reps)[1]
   return out
 

@@ -268,6 +268,31 @@ def lam_ramp(cfg: SSDHLoss | Mapping, step: Array | int | None) -> Array:
 # ------------------------------------------------------------------------------------------------ sampling
 
 
+def online_graph(
+  outputs: Mapping[str, Array],
+  cfg: SSDHLoss | Mapping | None,
+  bits: Array,
+  anchors: Array,
+  row_ids: Array,
+  *,
+  builder: graph.GraphBuilder | None = None,
+  classes: Array | None = None,
+) -> dict[str, Array]:
+  """Each anchor's graph neighbour and non-neighbour over the global batch (`graph.sample_graph_pairs`'s
+  dict), from the registered builder cfg.graph unless `builder` is given; bits: (n, 2) uint32 draws."""
+  cfg = as_settings(cfg)
+  big_n = outputs["codes"].shape[0]
+  return (builder or graph.get_graph_builder(cfg.graph))(
+    graph.graph_features(outputs, cfg),
+    bits,
+    anchors,
+    row_ids,
+    k_size=graph.knn_size(big_n, cfg.knn_k),
+    window=graph.graph_window(big_n, cfg),
+    classes=classes,
+  )
+
+
 def ssdh_sample(
   outputs: Mapping[str, Array],
   labels: Array,
@@ -300,7 +325,6 @@ def ssdh_sample(
     Index entries are batch positions; where the matching *_valid is False they are arbitrary.
   """
   cfg = as_settings(cfg)
-  build = graph_builder or graph.get_graph_builder(cfg.graph)
   h = outputs["codes"]
   big_n = h.shape[0]
   anchors, rids = _defaults(big_n, anchor_ids, row_ids)
@@ -316,15 +340,8 @@ def ssdh_sample(
   out = {"anchors": anchors}
 
   # Online graph: one neighbour and one non-neighbour for every anchor (also used for purity diagnostics).
-  g = build(
-    graph.graph_features(outputs, cfg),
-    b_graph,
-    anchors,
-    rids,
-    k_size=graph.knn_size(big_n, cfg.knn_k),
-    window=graph.graph_window(big_n, cfg),
-    classes=graph_classes(outputs, cfg) if on["emb"] else None,
-  )
+  classes = graph_classes(outputs, cfg) if on["emb"] else None
+  g = online_graph(outputs, cfg, b_graph, anchors, rids, builder=graph_builder, classes=classes)
   out.update(
     emb_pos=g["pos"],
     emb_neg=g["neg"],
