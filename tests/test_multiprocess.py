@@ -43,7 +43,10 @@ c.train.num_processes = NUM_PROCESSES
 c.train.process_id = PROCESS_ID
 first = train_lib.train_and_evaluate(c, {workdir!r}, stop_after=2)  # pre-empted after step 2
 res = train_lib.train_and_evaluate(c, {workdir!r})  # resumed
-emit({{"first": first, "map": res["metrics"]["map"], "processes": jax.process_count()}})
+from ssdh_jax import evaluate_run
+again = evaluate_run.evaluate_workdir({workdir!r})  # eval.py: each process encodes its share
+emit({{"first": first, "map": res["metrics"]["map"], "eval_map": again["metrics"]["map"],
+       "processes": jax.process_count()}})
 """
 )
 
@@ -139,8 +142,9 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, mode):
   ref = {"map": train_lib.train_and_evaluate(scope["config"](mode), str(one))["metrics"]["map"]}
   assert [o["processes"] for o in outs] == [2, 2]
   assert [o["first"] for o in outs] == [{"step": 2}, {"step": 2}]
-  # Every process evaluated the same gathered codes; only process 0 wrote the reports.
-  assert outs[0]["map"] == outs[1]["map"]
+  # Every process evaluated the same gathered codes; only process 0 wrote the reports. eval.py on the two
+  # processes reproduces the run's own evaluation.
+  assert outs[0]["map"] == outs[1]["map"] == outs[0]["eval_map"] == outs[1]["eval_map"]
   # Codes are thresholds of float outputs: a sum in another order may flip a bit, hence the tolerance.
   assert outs[0]["map"] == pytest.approx(ref["map"], abs=2e-3)
   m2, m1 = json.load(open(two / "metrics.json")), json.load(open(one / "metrics.json"))
