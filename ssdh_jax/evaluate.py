@@ -118,20 +118,25 @@ def encode(
   return out
 
 
+def _tie_setting(config: ml_collections.ConfigDict) -> tuple[str, int]:
+  """(eval.tie_break, eval.tie_seed); runs saved before the fields existed get today's default."""
+  return config.eval.get("tie_break", "id_hash"), int(config.eval.get("tie_seed", 0))
+
+
 def tie_ordered(config: ml_collections.ConfigDict, db: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The encoded database (`encode`'s dict) in the order whose positions break distance ties
   (config.eval.tie_break; see `metrics.tie_order`). Idempotent."""
-  # Runs saved before the field existed are evaluated with today's default.
-  if config.eval.get("tie_break", "id_hash") == "index":
+  mode, seed = _tie_setting(config)
+  if mode == "index":
     return dict(db)
-  perm = metrics.tie_order(db["ids"], int(config.eval.get("tie_seed", 0)))
+  perm = metrics.tie_order(db["ids"], seed)
   return {k: np.asarray(v)[perm] for k, v in db.items()}
 
 
 def tie_break_label(config: ml_collections.ConfigDict) -> str:
-  if config.eval.get("tie_break", "id_hash") == "index":
-    return "database index (stable)"
-  return f"seeded order of item ids (seed {int(config.eval.get('tie_seed', 0))})"
+  """The tie convention as every report key and saved index states it."""
+  mode, seed = _tie_setting(config)
+  return "database index (stable)" if mode == "index" else f"seeded order of item ids (seed {seed})"
 
 
 def validation_map(
