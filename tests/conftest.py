@@ -20,8 +20,9 @@ if _OWNER:
   os.environ["SSDH_TEST_XLA_CACHE"] = _CACHE
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 # Test programs are tiny: XLA's optimisation passes cost more compile time than they save at run time (the
-# slowest tests ran 1.6–2.3x faster without them). Every comparison in the suite is between programs compiled
-# the same way, or against a NumPy/PyTorch reference within a tolerance. Subprocesses inherit it.
+# slowest tests took less time without them, in runs one after the other, not interleaved). Every comparison
+# in the suite is between programs compiled the same way, or against a NumPy/PyTorch reference within a
+# tolerance. Subprocesses inherit it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
