@@ -380,6 +380,15 @@ def test_load_splits_folder_with_corrupt_file(tmp_path):
     np.testing.assert_array_equal(out[k].images, dig.images[digit_index])
     np.testing.assert_array_equal(out[k].labels, dig.labels[digit_index])
   assert os.path.exists(tmp_path / "run" / "splits" / "skipped.json")
+  # Without the junk file the splits hold the same images and the split hash is the same, although the ids
+  # of every file sorted after it moved down by one.
+  os.remove(root / "all" / "c3" / "9999.jpg")
+  clean, meta_clean = pipeline.load_splits(c, str(tmp_path / "run_clean"))
+  assert meta_clean["num_skipped"] == 0 and meta_clean["split_hash"] == meta["split_hash"]
+  assert meta_clean["pool_fingerprint"] != meta["pool_fingerprint"]
+  for k in out:
+    np.testing.assert_array_equal(clean[k].images, out[k].images)
+  assert not np.array_equal(clean["database"].ids, out["database"].ids)
 
 
 def test_load_splits_with_pool_argument(tmp_path):

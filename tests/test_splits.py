@@ -232,8 +232,11 @@ def test_split_files_roundtrip_hashes_and_mismatch(tmp_path):
       data = f.read()
     assert hashlib.sha256(data).hexdigest() == meta["split_sha256"][k]
     assert [int(t) for t in data.split()] == sorted(ids[rows[k]].tolist())
-  combined = "".join(f"{k} {meta['split_sha256'][k]}\n" for k in splits.SPLIT_NAMES)
+  # The split hash is over pool rows (ids here are rows + 1000): sha256 of `<split> <sha256 of its rows>`.
+  row_sha = {k: hashlib.sha256("".join(f"{r}\n" for r in rows[k]).encode()).hexdigest() for k in rows}
+  combined = "".join(f"{k} {row_sha[k]}\n" for k in splits.SPLIT_NAMES)
   assert meta["split_hash"] == hashlib.sha256(combined.encode()).hexdigest()
+  assert row_sha["query"] != meta["split_sha256"]["query"]
   with open(os.path.join(d, "splits.json")) as f:
     assert json.load(f)["split_hash"] == meta["split_hash"]
 

@@ -451,6 +451,18 @@ def split_hashes(ids_by_split: Mapping[str, np.ndarray]) -> tuple[dict[str, str]
   return per, combined
 
 
+def split_hash(rows_by_split: Mapping[str, np.ndarray]) -> str:
+  """The run's split hash: `split_hashes` over pool *rows*, not source ids.
+
+  A pool is the examples that were kept, in source order, so the hash depends only on which of them each
+  split holds. Source ids can shift without the contents changing (a folder's ids are rows of its sorted
+  path list, undecodable files included, so a skipped junk file moves every later id); the split files
+  keep the ids (they map back to files) and their own sha256 for integrity. Where ids are 0..N-1 and
+  nothing was skipped, ids and rows coincide and so do the two hashes.
+  """
+  return split_hashes(rows_by_split)[1]
+
+
 def pool_fingerprint(ids: np.ndarray, labels: np.ndarray, origin: np.ndarray | None = None) -> str:
   """sha256 over the pool's ids, labels and origins (splits are only valid for the pool they were drawn on)."""
   h = hashlib.sha256(np.ascontiguousarray(np.asarray(ids, np.int64)).tobytes())
@@ -461,14 +473,19 @@ def pool_fingerprint(ids: np.ndarray, labels: np.ndarray, origin: np.ndarray | N
 
 
 def write_split_files(
-  split_dir: str, ids_by_split: Mapping[str, np.ndarray], info: Mapping[str, Any]
+  split_dir: str,
+  ids_by_split: Mapping[str, np.ndarray],
+  info: Mapping[str, Any],
+  rows_by_split: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
   """Writes `<split>.txt` (sorted ids, one per line) per split and `splits.json` (info + hashes).
 
-  Returns the JSON record written.
+  `split_sha256` holds each file's sha256; `split_hash` is `split_hash(rows_by_split)` (the ids when no
+  rows are given). Returns the JSON record written.
   """
   os.makedirs(split_dir, exist_ok=True)
-  per, combined = split_hashes(ids_by_split)
+  per, _ = split_hashes(ids_by_split)
+  combined = split_hash(ids_by_split if rows_by_split is None else rows_by_split)
   for k in SPLIT_NAMES:
     tmp = os.path.join(split_dir, f".{k}.txt.tmp-{os.getpid()}")  # unique: every process of a run writes
     with open(tmp, "wb") as f:
@@ -551,10 +568,12 @@ def get_splits(
     rows = make_splits(labels, p, seed, origin=origin)
     ids_by_split = {k: ids[v] for k, v in rows.items()}
     if json_path:
-      record = write_split_files(split_dir, ids_by_split, info)
+      record = write_split_files(split_dir, ids_by_split, info, rows)
     else:
-      per, combined = split_hashes(ids_by_split)
-      record = dict(info, split_sha256=per, split_hash=combined, counts={k: len(v) for k, v in rows.items()})
+      per, _ = split_hashes(ids_by_split)
+      record = dict(
+        info, split_sha256=per, split_hash=split_hash(rows), counts={k: len(v) for k, v in rows.items()}
+      )
   check_splits(rows, labels, p, origin=origin)
   return rows, record
 
