@@ -313,9 +313,7 @@ def pretrained_pooled_features(args) -> tuple[dict[str, np.ndarray], dict, dict]
   workdir = os.path.join(args.workdir, "features")
   splits, meta = pipeline.load_splits(c, workdir)
   init_model = models.build_model(c.model)
-  tx, _, _ = train_lib.make_tx(
-    c, jax.eval_shape(lambda k: models.init_variables(init_model, k, 32), jax.random.PRNGKey(0))["params"]
-  )
+  tx, _, _ = train_lib.make_tx(c, models.variable_shapes(init_model, 32)["params"])
   state = train_lib.create_train_state(c, init_model, tx, jax.random.PRNGKey(0))
   _, view, _ = train_lib.input_view(c, state, splits, workdir)
   layer = train_lib.cached_prefix_layer(c)

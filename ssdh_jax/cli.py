@@ -12,6 +12,19 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 
+# Compiled programs persist here between runs, so only the first start of a model pays XLA compile time
+# (initialiser, train step, encoder). JAX_COMPILATION_CACHE_DIR, when set, wins.
+DEFAULT_XLA_CACHE = os.path.join("~", ".cache", "ssdh_jax", "xla")
+XLA_CACHE_MAX_BYTES = 4 << 30  # least recently used programs go first beyond this
+
+
+def _define_common_flags() -> None:
+  flags.DEFINE_string(
+    "xla_cache",
+    os.environ.get("SSDH_JAX_XLA_CACHE", DEFAULT_XLA_CACHE),
+    "Persistent XLA compilation cache directory ('' disables; env SSDH_JAX_XLA_CACHE sets the default).",
+  )
+
 
 def _define_train_flags() -> None:
   config_flags.DEFINE_config_file(
@@ -45,7 +58,7 @@ def _define_search_flags() -> None:
 def _train(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  _quiet_by_default()
+  _start()
   from ssdh_jax import train_lib
 
   try:
@@ -66,11 +79,13 @@ def _print_summary(results) -> None:
 def _eval(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  _quiet_by_default()
+  _start()
   from ssdh_jax import evaluate_run
 
   try:
-    results = evaluate_run.evaluate_workdir(FLAGS.workdir, FLAGS.checkpoint, FLAGS.override)
+    results = evaluate_run.evaluate_workdir(
+      FLAGS.workdir, FLAGS.checkpoint, _eval_overrides(FLAGS.override), log=_stderr
+    )
   except (FileNotFoundError, ValueError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
@@ -78,10 +93,22 @@ def _eval(argv) -> None:
   _print_summary(results)
 
 
+def _stderr(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
+def _eval_overrides(overrides: list[str]) -> list[str]:
+  # A run trained with train.progress=False (e.g. by bench/quality.py) still shows eval.py's encode bar on a
+  # terminal (tqdm stays silent elsewhere), unless the user overrides it.
+  if any(o.split("=", 1)[0] == "train.progress" for o in overrides):
+    return list(overrides)
+  return ["train.progress=True", *overrides]
+
+
 def _search(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  _quiet_by_default()
+  _start()
   from ssdh_jax import evaluate_run
 
   if not FLAGS.image:
@@ -103,10 +130,27 @@ def _search(argv) -> None:
       print(f"{h['rank']}\t{h['distance']}\t{h['id']}\t{label}\t{h['path'] or '-'}")
 
 
-def _quiet_by_default() -> None:
+def _start() -> None:
+  """Console verbosity and the compilation cache, once the flags are parsed."""
   # Orbax logs every save at INFO; keep the console for the progress bar unless --verbosity asks for more.
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  _compilation_cache(FLAGS.xla_cache)
+
+
+def _compilation_cache(path: str) -> None:
+  """Points JAX's persistent compilation cache at `path` (unless JAX_COMPILATION_CACHE_DIR is set)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or not path:
+    return
+  import jax
+
+  path = os.path.expanduser(path)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    _fail(f"--xla_cache={path}: cannot create the directory ({e.strerror}); pass --xla_cache= to disable")
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_compilation_cache_max_size", XLA_CACHE_MAX_BYTES)
 
 
 def _flags_parser(argv: list[str]) -> list[str]:
@@ -138,16 +182,19 @@ def _fail(message: str) -> None:
 
 
 def train_main() -> None:
+  _define_common_flags()
   _define_train_flags()
   app.run(_train, flags_parser=_flags_parser)
 
 
 def eval_main() -> None:
+  _define_common_flags()
   _define_eval_flags()
   app.run(_eval, flags_parser=_flags_parser)
 
 
 def search_main() -> None:
+  _define_common_flags()
   _define_search_flags()
   app.run(_search, flags_parser=_flags_parser)
 

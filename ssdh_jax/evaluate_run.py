@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -49,9 +51,7 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, checkpoint: s
   """(model, evaluate.ModelState, step) restored from the run's checkpoints: parameters and BatchNorm
   statistics only, read against shapes from jax.eval_shape (no optimiser, no initialiser run)."""
   model = models.build_model(config.model)
-  shapes = jax.eval_shape(
-    lambda k: models.init_variables(model, k, config.data.image_size), jax.random.PRNGKey(0)
-  )
+  shapes = models.variable_shapes(model, config.data.image_size)
   target = {k: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), v) for k, v in shapes.items() if v}
   target["step"] = np.zeros((), np.int32)
   ckpt = checkpoints.Checkpointer(workdir, async_save=False)
@@ -70,42 +70,80 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, checkpoint: s
   return model, evaluate.ModelState(params=state["params"], batch_stats=state.get("batch_stats", {})), step
 
 
-def evaluate_workdir(workdir: str, checkpoint: str = "best", overrides: Sequence[str] = ()) -> dict[str, Any]:
-  """Restores a checkpoint, evaluates query vs database, writes the report and the database index."""
+@contextlib.contextmanager
+def _phase(
+  name: str, seconds: dict[str, float], log: Callable[[str], None] | None, what: str = ""
+) -> Iterator:
+  if log is not None:
+    log(f"eval: {name}{' ' + what if what else ''} ...")
+  start = time.perf_counter()
+  yield
+  seconds[name] = time.perf_counter() - start
+
+
+def evaluate_workdir(
+  workdir: str,
+  checkpoint: str = "best",
+  overrides: Sequence[str] = (),
+  *,
+  log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+  """Restores a checkpoint, evaluates query vs database, writes the report and the database index.
+
+  Each image is encoded once; the index is the evaluated database. `log` (e.g. a stderr printer) gets one
+  line as each phase starts and a summary of their durations; `results['eval_seconds']` holds them too.
+  """
+  seconds: dict[str, float] = {}
+  start = time.perf_counter()
   config = load_run_config(workdir, overrides)
   from ssdh_jax import train_lib
 
   # On several processes (train.distributed), each encodes its share and all get every code.
   train_lib.initialize_distributed(config.train)
   dmesh = mesh.create(config.train.parallel, config.train.num_devices)
-  split_data, meta = pipeline.load_splits(config, workdir)
-  _, state, step = restore_state(config, workdir, checkpoint)
-  # The frozen prefix's cached outputs (when the run used them) stand in for the images.
-  model, split_data, _ = train_lib.input_view(config, state, split_data, workdir)
-  q, db = evaluate.encode_query_database(config, model, state, split_data, dmesh)
-  db = evaluate.tie_ordered(config, db)  # the saved index keeps this order: search breaks ties the same way
-  results = evaluate.report(config, q, db, meta, step=step)
+  log = log if dmesh.is_main else None
+  with _phase("load data", seconds, log):
+    split_data, meta = pipeline.load_splits(config, workdir)
+  with _phase("restore", seconds, log, f"checkpoint {checkpoint!r}"):
+    _, state, step = restore_state(config, workdir, checkpoint)
+  n_q, n_db = len(split_data["query"]), len(split_data["database"])
+  with _phase("encode", seconds, log, f"{n_q} queries + {n_db} database images"):
+    # The frozen prefix's cached outputs (when the run used them) stand in for the images.
+    model, split_data, _ = train_lib.input_view(config, state, split_data, workdir)
+    q, db = evaluate.encode_query_database(config, model, state, split_data, dmesh)
+  with _phase("metrics", seconds, log):
+    db = evaluate.tie_ordered(config, db)  # the saved index keeps this order: search breaks ties the same way
+    results = evaluate.report(config, q, db, meta, step=step)
   if not dmesh.is_main:
     return results
-  evaluate.write_report(workdir, results, config)
-  index.save_index(
-    os.path.join(workdir, "database_index.npz"),
-    index.CodeIndex(
-      codes=db["codes"],
-      ids=db["ids"],
-      labels=db["labels"],
-      meta={
-        "bits": int(config.model.bits),
-        "backbone": config.model.name,
-        "preprocessing": config.model.preprocess,
-        "image_size": int(config.data.image_size),
-        "split_hash": meta.get("split_hash", ""),
-        "protocol": config.data.protocol,
-        "checkpoint_step": int(step),
-        "tie_break": evaluate.tie_break_label(config),
-      },
-    ),
-  )
+  with _phase("write", seconds, log, "report and index"):
+    evaluate.write_report(workdir, results, config)
+    index.save_index(
+      os.path.join(workdir, "database_index.npz"),
+      index.CodeIndex(
+        codes=db["codes"],
+        ids=db["ids"],
+        labels=db["labels"],
+        meta={
+          "bits": int(config.model.bits),
+          "backbone": config.model.name,
+          "preprocessing": config.model.preprocess,
+          "image_size": int(config.data.image_size),
+          "split_hash": meta.get("split_hash", ""),
+          "protocol": config.data.protocol,
+          "checkpoint_step": int(step),
+          "tie_break": evaluate.tie_break_label(config),
+        },
+      ),
+    )
+  seconds["total"] = time.perf_counter() - start
+  results["eval_seconds"] = seconds
+  if log is not None:
+    log(
+      f"eval: done in {seconds['total']:.1f} s ("
+      + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items() if k != "total")
+      + ")"
+    )
   return results
 
 

@@ -354,9 +354,8 @@ def build_training(
     init_model = models.build_model(config.model)
   else:
     init_model = model
-  key = jax.random.PRNGKey(config.seed)
   # The optimiser only needs the parameter tree's structure and names.
-  abstract = jax.eval_shape(lambda k: models.init_variables(init_model, k, config.data.image_size), key)
+  abstract = models.variable_shapes(init_model, config.data.image_size)
   tx, schedule, mask = make_tx(config, abstract["params"])
   all_trainable = all(jax.tree.leaves(mask))
   body = functools.partial(

@@ -20,8 +20,8 @@ TINY = [
 ]
 
 
-def run(*args, check=True):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def run(*args, check=True, drop_env=()):
+  env = {k: v for k, v in dict(os.environ, JAX_PLATFORMS="cpu").items() if k not in drop_env}
   proc = subprocess.run(
     [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
   )
@@ -64,6 +64,15 @@ def test_bad_config_value_is_one_line_and_writes_nothing(tmp_path, override, mes
 def test_help_lists_the_flags():
   proc = run("train.py", "--help")
   assert proc.returncode == 0 and "--config" in proc.stdout and "--workdir" in proc.stdout
+  assert "--xla_cache" in proc.stdout
+
+
+def test_unusable_xla_cache_is_one_line(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  proc = run("eval.py", "--workdir", str(tmp_path), f"--xla_cache={blocker}/xla", check=False,
+             drop_env=("JAX_COMPILATION_CACHE_DIR",))  # fmt: skip
+  assert proc.returncode == 2 and proc.stderr.strip().startswith(f"error: --xla_cache={blocker}/xla: cannot")
 
 
 def test_missing_data_folder_fails_cleanly(tmp_path):
@@ -93,7 +102,17 @@ def test_train_eval_search_end_to_end(tmp_path):
   clash = run("train.py", "--config", "configs/digits_demo.py:24", "--workdir", wd, *TINY, check=False)
   assert clash.returncode == 2 and "model.bits: 12 (stored) vs 24 (given)" in clash.stderr
   assert {f: open(os.path.join(wd, f), "rb").read() for f in before} == before
-  run("eval.py", "--workdir", wd, "--checkpoint", "latest", "--override", "eval.map_r=100")
+  # eval.py without the test session's cache: its own --xla_cache gets the compiled programs (conftest keeps
+  # JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0, so even fast compiles are written).
+  xla_cache = tmp_path / "xla"
+  ev = run("eval.py", "--workdir", wd, "--checkpoint", "latest", "--override", "eval.map_r=100",
+           f"--xla_cache={xla_cache}", drop_env=("JAX_COMPILATION_CACHE_DIR",))  # fmt: skip
+  assert any(f.endswith("-cache") for f in os.listdir(xla_cache))
+  phases = [line.split(" ...")[0] for line in ev.stderr.splitlines() if line.startswith("eval: ")]
+  assert phases[:5] == ["eval: load data", "eval: restore checkpoint 'latest'",
+                        "eval: encode 100 queries + 1697 database images", "eval: metrics",
+                        "eval: write report and index"]  # fmt: skip
+  assert phases[5].startswith("eval: done in ")
   m = json.load(open(os.path.join(wd, "metrics.json")))
   assert m["key"]["R"] == 100 and m["key"]["bits"] == 12 and m["key"]["checkpoint_step"] == 8
   assert 0.0 <= m["metrics"]["map"] <= 1.0

@@ -262,7 +262,22 @@ def init_variables(model: nn.Module, key: jax.Array, image_size: int, batch: int
   params_key, dropout_key = jax.random.split(key)
   x = jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
   init = jax.jit(lambda k1, k2, x: model.init({"params": k1, "dropout": k2}, x, train=False))
-  return dict(init(params_key, dropout_key, x))
+  # The initialiser runs once: compiling it without backend optimisations cuts its compile time 2-3x on CPU
+  # (small_cnn 9 s -> 3 s, mobilenet_v2 23 s -> 12 s) for a program that then takes well under a second.
+  if isinstance(params_key, jax.core.Tracer):  # under a transformation (e.g. eval_shape): no compile here
+    return dict(init(params_key, dropout_key, x))
+  compiled = init.lower(params_key, dropout_key, x).compile(compiler_options=INIT_COMPILER_OPTIONS)
+  return dict(compiled(params_key, dropout_key, x))
+
+
+def variable_shapes(model: nn.Module, image_size: int, batch: int = 2) -> dict[str, Any]:
+  """`init_variables`'s result as `jax.ShapeDtypeStruct`s: nothing is compiled or drawn."""
+  return jax.eval_shape(lambda k: init_variables(model, k, image_size, batch), jax.random.key(0))
+
+
+# Backend options for the one-off initialiser. The values it draws are bit-for-bit reproducible under these
+# options, but may differ by an ulp from a default-optimised compile of the same function.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 __all__ = [
@@ -286,4 +301,5 @@ __all__ = [
   "first_trainable_layer",
   "init_variables",
   "register_backbone",
+  "variable_shapes",
 ]
