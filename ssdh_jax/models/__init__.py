@@ -3,48 +3,26 @@
 Backbones: vgg_f (Caffe CNN-F), alexnet, vgg16, vgg19, mobilenet_v2 (torchvision layouts), small_cnn.
 Each backbone is `module(images (B, H, W, 3), train=bool)`; with num_classes == 0 it returns fc7-like features
 (B, F), with num_classes > 0 it also applies its ImageNet-style classifier and returns logits (B, num_classes).
+Each backbone module declares `BACKBONES = {name: spec.BackboneSpec}` (builder, defaults, weight layout and
+where its weights come from); the registry is built from those declarations.
 """
 
-import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssdh_jax.models import alexnet, mobilenet_v2, small_cnn, vgg, vgg_f
 from ssdh_jax.models.alexnet import AlexNet
 from ssdh_jax.models.heads import HashingModel, Passthrough
-from ssdh_jax.models.mobilenet_v2 import LAYERS as MOBILENET_V2_LAYERS
 from ssdh_jax.models.mobilenet_v2 import MobileNetV2
 from ssdh_jax.models.small_cnn import SmallCNN
+from ssdh_jax.models.spec import BackboneSpec
 from ssdh_jax.models.vgg import VGG
 from ssdh_jax.models.vgg_f import VGGF
 from ssdh_jax.registry import Registry
-
-
-@dataclasses.dataclass(frozen=True)
-class BackboneSpec:
-  """A backbone as the registry knows it.
-
-  build: `build(*, num_classes, dropout, width, dtype, param_dtype, axis_name, depthwise, layers)` -> a Linen
-    module `module(images (B, H, W, 3), train=bool)` returning features (B, F) (logits when num_classes > 0);
-    a builder may ignore the arguments it has no use for, but must refuse `layers` unless it lists `layers`.
-  image_size: nominal input size after crop.
-  feature_dim: F (None when it depends on the config, e.g. small_cnn's width).
-  batch_norm: carries BatchNorm state (applied with mutable=['batch_stats'] when training).
-  preprocess: what its pretrained weights expect (preprocessing.PREPROCESSORS).
-  layers: its top-level layers in forward order, when it can run a slice of them (model.trainable=<layer>,
-    the feature cache); () otherwise.
-  """
-
-  build: Callable[..., nn.Module]
-  image_size: int
-  feature_dim: int | None = None
-  batch_norm: bool = False
-  preprocess: str = "unit"
-  layers: tuple[str, ...] = ()
-
 
 _SPECS: Registry[BackboneSpec] = Registry("backbone")
 
@@ -62,68 +40,9 @@ def available_backbones() -> tuple[str, ...]:
   return _SPECS.names()
 
 
-def _no_slices(name: str, layers) -> None:
-  if layers is not None and layers != (0, 0, 0):
-    raise ValueError(f"backbone {name!r} cannot run a slice of its layers")
-
-
-def _fc_builder(name: str, cls: type[nn.Module], **fixed: Any) -> Callable[..., nn.Module]:
-  """Builder of a backbone with fc dropouts and no layer list (vgg_f, alexnet, vgg16/19)."""
-
-  def build(*, dropout, axis_name, layers, num_classes, dtype, param_dtype, **_):
-    _no_slices(name, layers)
-    return cls(
-      dropout=dropout,
-      axis_name=axis_name,
-      num_classes=num_classes,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      **fixed,
-    )
-
-  return build
-
-
-def _build_mobilenet_v2(*, axis_name, depthwise, layers, num_classes, dtype, param_dtype, **_):
-  lo, hi, train_from = layers or (0, len(MOBILENET_V2_LAYERS), 0)
-  return MobileNetV2(
-    axis_name=axis_name,
-    depthwise=depthwise,
-    input_layer=lo,
-    output_layer=hi,
-    train_from=train_from,
-    num_classes=num_classes,
-    dtype=dtype,
-    param_dtype=param_dtype,
-  )
-
-
-def _build_small_cnn(*, width, dropout, axis_name, layers, num_classes, dtype, param_dtype, **_):
-  _no_slices("small_cnn", layers)
-  return SmallCNN(
-    width=width,
-    dropout=dropout,
-    axis_name=axis_name,
-    num_classes=num_classes,
-    dtype=dtype,
-    param_dtype=param_dtype,
-  )
-
-
-register_backbone("vgg_f", BackboneSpec(_fc_builder("vgg_f", VGGF), 224, 4096, preprocess="caffe_bgr"))
-register_backbone("alexnet", BackboneSpec(_fc_builder("alexnet", AlexNet), 224, 4096, preprocess="imagenet"))
-for _depth in (16, 19):
-  register_backbone(
-    f"vgg{_depth}",
-    BackboneSpec(_fc_builder(f"vgg{_depth}", VGG, depth=_depth), 224, 4096, preprocess="imagenet"),
-  )
-register_backbone(
-  "mobilenet_v2",
-  BackboneSpec(
-    _build_mobilenet_v2, 224, 1280, batch_norm=True, preprocess="imagenet", layers=MOBILENET_V2_LAYERS
-  ),
-)
-register_backbone("small_cnn", BackboneSpec(_build_small_cnn, 32, None, batch_norm=True))
+for _module in (vgg_f, alexnet, vgg, mobilenet_v2, small_cnn):
+  for _name, _spec in _module.BACKBONES.items():
+    register_backbone(_name, _spec)
 
 # Views of the built-in backbones (benches and tests read them; `backbone_spec` also knows registered ones).
 BACKBONES = available_backbones()

@@ -13,7 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssdh_jax.models import layout
 from ssdh_jax.models.layers import RowDropout
+from ssdh_jax.models.spec import BackboneSpec, fc_builder
 
 Array = jax.Array
 
@@ -94,3 +96,28 @@ class AlexNet(nn.Module):
     if self.num_classes:
       x = dense(self.num_classes, "fc8")(x)
     return x
+
+
+def torch_layout() -> list[layout.Layer]:
+  """torchvision's alexnet state dict onto AlexNet's modules."""
+  convs = [
+    layout.Layer(f"features.{i}", (f"conv{n}",), layout.CONV) for n, i in enumerate((0, 3, 6, 8, 10), start=1)
+  ]
+  return [
+    *convs,
+    layout.Layer("classifier.1", ("fc6",), (layout.chw_linear(256), layout.BIAS)),
+    layout.Layer("classifier.4", ("fc7",), layout.LINEAR),
+    layout.Layer("classifier.6", ("fc8",), layout.LINEAR, classifier=True),
+  ]
+
+
+BACKBONES = {
+  "alexnet": BackboneSpec(
+    fc_builder("alexnet", AlexNet),
+    224,
+    4096,
+    preprocess="imagenet",
+    torch_layout=torch_layout,
+    torchvision_url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+  ),
+}

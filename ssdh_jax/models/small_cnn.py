@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ssdh_jax.models.layers import RowDropout
+from ssdh_jax.models.spec import BackboneSpec, no_slices
 
 Array = jax.Array
 
@@ -71,3 +72,18 @@ class SmallCNN(nn.Module):
     if self.num_classes:
       x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="logits")(x)
     return x
+
+
+def build(*, width, dropout, axis_name, layers, num_classes, dtype, param_dtype, **_) -> SmallCNN:
+  no_slices("small_cnn", layers)
+  return SmallCNN(
+    width=width,
+    dropout=dropout,
+    axis_name=axis_name,
+    num_classes=num_classes,
+    dtype=dtype,
+    param_dtype=param_dtype,
+  )
+
+
+BACKBONES = {"small_cnn": BackboneSpec(build, 32, None, batch_norm=True)}

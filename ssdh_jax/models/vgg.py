@@ -7,14 +7,17 @@ Flax names: conv{stage}_{i} (conv1_1 … conv5_3/conv5_4), fc6, fc7, fc8. `torch
 torchvision `features.{n}` index of each conv in order; classifier.{0,3,6} ↔ fc6, fc7, fc8.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssdh_jax.models import layout
 from ssdh_jax.models.alexnet import adaptive_avg_pool
 from ssdh_jax.models.layers import RowDropout
+from ssdh_jax.models.spec import BackboneSpec, fc_builder
 
 Array = jax.Array
 
@@ -81,3 +84,34 @@ class VGG(nn.Module):
     if self.num_classes:
       x = dense(self.num_classes, "fc8")(x)
     return x
+
+
+def torch_layout(depth: int) -> list[layout.Layer]:
+  """torchvision's vgg16 / vgg19 state dict onto VGG's modules."""
+  convs = [
+    layout.Layer(f"features.{i}", (name,), layout.CONV)
+    for i, name in zip(torch_conv_indices(depth), conv_names(depth))
+  ]
+  return [
+    *convs,
+    layout.Layer("classifier.0", ("fc6",), (layout.chw_linear(512), layout.BIAS)),
+    layout.Layer("classifier.3", ("fc7",), layout.LINEAR),
+    layout.Layer("classifier.6", ("fc8",), layout.LINEAR, classifier=True),
+  ]
+
+
+_URLS = {
+  16: "https://download.pytorch.org/models/vgg16-397923af.pth",
+  19: "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+}
+BACKBONES = {
+  f"vgg{depth}": BackboneSpec(
+    fc_builder(f"vgg{depth}", VGG, depth=depth),
+    224,
+    4096,
+    preprocess="imagenet",
+    torch_layout=functools.partial(torch_layout, depth),
+    torchvision_url=url,
+  )
+  for depth, url in _URLS.items()
+}

@@ -17,7 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssdh_jax.models import layout
 from ssdh_jax.models.layers import RowDropout
+from ssdh_jax.models.spec import BackboneSpec, fc_builder
 
 Array = jax.Array
 
@@ -124,3 +126,18 @@ class VGGF(nn.Module):
     if self.num_classes:
       x = dense(self.num_classes, "fc8")(x)
     return x
+
+
+def npz_layout() -> list[layout.Layer]:
+  """The .npz layout of `ssdh_jax.weights` (converted Caffe blobs) onto VGGF's modules."""
+  npz = layout.NPZ
+  return (
+    [layout.Layer(f"conv{i}", (f"conv{i}",), npz) for i in range(1, 6)]
+    + [layout.Layer("fc6", ("fc6",), (layout.fc_hwio(256), npz[1]))]
+    + [layout.Layer("fc7", ("fc7",), npz), layout.Layer("fc8", ("fc8",), npz, classifier=True)]
+  )
+
+
+BACKBONES = {
+  "vgg_f": BackboneSpec(fc_builder("vgg_f", VGGF), 224, 4096, preprocess="caffe_bgr", npz_layout=npz_layout),
+}
