@@ -242,19 +242,10 @@ def test_list_missing_and_corrupt_files_caught_by_validation(tmp_path):
 
 
 def test_load_pool_dispatch(tmp_path):
-  import ml_collections
+  from configs import default
 
-  d = ml_collections.ConfigDict(
-    dict(
-      source="digits",
-      manual_dir="",
-      cache_dir="",
-      on_bad_image="error",
-      num_classes=10,
-      tfds_name="",
-      data_dir="",
-    )
-  )
+  d = default.get_config().data  # every field the loader reads comes from configs/default.py
+  d.source = "digits"
   ex, _ = sources.load_pool(d)
   assert len(ex) == 1797
   _tiny_folder(str(tmp_path), np.random.default_rng(9))

@@ -34,7 +34,7 @@ EQUIVALENCE_BODY = """
 import jax, numpy as np
 from configs import digits_demo
 from ssdh_jax import train_lib, models, mesh
-from ssdh_jax.data import splits as splits_lib, pipeline
+from ssdh_jax.data import pipeline
 import tempfile
 
 c = digits_demo.get_config("24")
@@ -49,7 +49,7 @@ c.optim.warmup_steps = 0
 c.data.labeled_fraction = 0.5
 c.train.parallel = {mode!r}
 _tmp = tempfile.TemporaryDirectory()  # removed when the subprocess exits
-splits, meta = splits_lib.load_splits(c, _tmp.name)
+splits, meta = pipeline.load_splits(c, _tmp.name)
 batch = next(pipeline.train_batches(splits, c, 0, 0))
 batch = {{k: batch[k] for k in ("image", "labels", "labeled")}}
 if {variant!r} == "multi_label":  # give some rows a second label so multi-label similarity is exercised

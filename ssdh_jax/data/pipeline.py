@@ -53,8 +53,7 @@ def _data_cfg(config: Any) -> Any:
 
 
 def _workers(d: Any) -> int:
-  n = int(d.get("num_workers", 0)) if hasattr(d, "get") else 0
-  return n if n > 0 else max(1, os.cpu_count() or 1)
+  return sources.decode_workers(int(d.num_workers))
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -140,7 +139,7 @@ def load_splits(config: Any, workdir: str, pool: Examples | None = None) -> tupl
       num_skipped and skipped (the first 100 skipped-file records; all of them in <split_dir>/skipped.json).
   """
   d = _data_cfg(config)
-  on_bad = d.get("on_bad_image", "error")
+  on_bad = d.on_bad_image
   skipped: list[dict[str, Any]] = []
   if pool is None:
     pool, skipped = sources.load_pool(d)
@@ -156,8 +155,8 @@ def load_splits(config: Any, workdir: str, pool: Examples | None = None) -> tupl
     d.num_classes,
     name=f"{d.source} pool",
     on_bad_image=on_bad,
-    num_workers=int(d.get("num_workers", 0)),
-    cache_dir=d.get("cache_dir", ""),
+    num_workers=int(d.num_workers),
+    cache_dir=d.cache_dir,
   )
   skipped += sk
   if pool.in_memory and int(d.resize_size) == 0 and min(pool.images.shape[1:3]) < int(d.image_size):
@@ -174,8 +173,8 @@ def load_splits(config: Any, workdir: str, pool: Examples | None = None) -> tupl
     protocol,
     int(d.split_seed),
     origin=pool.origin,
-    val_size=int(d.get("val_size", -1)),
-    val_from=d.get("val_from", ""),
+    val_size=int(d.val_size),
+    val_from=d.val_from,
     split_dir=split_dir,
   )
   out = {k: pool.subset(v) for k, v in rows.items()}

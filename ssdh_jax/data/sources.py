@@ -222,7 +222,8 @@ def _probe_size(path: str) -> tuple[int, int] | str:
     return f"cannot open image ({type(e).__name__}: {e})"
 
 
-def _workers(num_workers: int) -> int:
+def decode_workers(num_workers: int) -> int:
+  """Threads for decoding and augmenting: data.num_workers, or every core when it is 0."""
   return num_workers if num_workers > 0 else max(1, os.cpu_count() or 1)
 
 
@@ -279,7 +280,7 @@ def decode_images(
       out[i] = img
     return bad
 
-  nw = _workers(num_workers)
+  nw = decode_workers(num_workers)
   # Many small chunks keep every thread busy; each chunk is a sequential run of files (cache-friendly).
   chunks = _chunks(len(paths), nw * 16)
   from tqdm.auto import tqdm
@@ -597,18 +598,16 @@ def tfds_examples(
 def load_pool(config: Any) -> tuple[Examples, list[dict[str, Any]]]:
   """The whole dataset named by `config.data` (or a full config) as one `Examples` + skipped records.
 
-  Fields read: source, manual_dir, tfds_name, data_dir, num_classes, on_bad_image, cache_dir, and the
-  optional list_files (comma-separated), arrays_path, in_memory ('auto'), num_workers (0: all cores).
+  Fields read (all in configs/default.py): source, manual_dir, tfds_name, data_dir, num_classes,
+  on_bad_image, cache_dir, list_files (comma-separated), arrays_path, in_memory, num_workers (0: all cores).
   """
   d = config.data if hasattr(config, "data") else config
   source = d.source
-  on_bad = d.get("on_bad_image", "error")
-  workers = int(d.get("num_workers", 0))
-  in_memory = d.get("in_memory", "auto")
+  on_bad, workers, in_memory = d.on_bad_image, int(d.num_workers), d.in_memory
   if source == "digits":
     return digits(), []
   if source == "arrays":
-    path = d.get("arrays_path", "")
+    path = d.arrays_path
     if not path:
       raise ValueError("source='arrays' needs data.arrays_path (an .npz), or pass the pool to load_splits")
     return load_npz(path), []
@@ -620,7 +619,7 @@ def load_pool(config: Any) -> tuple[Examples, list[dict[str, Any]]]:
   if source == "list":
     return list_files(
       d.manual_dir,
-      d.get("list_files", ""),
+      d.list_files,
       num_classes=d.num_classes,
       in_memory="never" if in_memory == "auto" else in_memory,  # list datasets are large, variable-sized
       cache_dir=d.cache_dir,
@@ -633,7 +632,7 @@ def load_pool(config: Any) -> tuple[Examples, list[dict[str, Any]]]:
       data_dir=d.data_dir,
       manual_dir=d.manual_dir,
       num_classes=d.num_classes,
-      list_names=d.get("list_files", ""),
+      list_names=d.list_files,
       on_bad_image=on_bad,
     )
   raise ValueError(f"unknown data.source {source!r} (digits | arrays | folder | list | tfds)")

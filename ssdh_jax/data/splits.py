@@ -576,10 +576,3 @@ def get_splits(
       )
   check_splits(rows, labels, p, origin=origin)
   return rows, record
-
-
-def load_splits(config: Any, workdir: str, pool: Any = None) -> tuple[dict, dict]:
-  """`pipeline.load_splits` (here too for callers that think of it as a splits function)."""
-  from ssdh_jax.data import pipeline  # lazy: pipeline imports this module
-
-  return pipeline.load_splits(config, workdir, pool)

@@ -104,24 +104,20 @@ def first_trainable_layer(model_cfg: Mapping[str, Any]) -> int:
   from ssdh_jax import optim
 
   layers = backbone_layers(model_cfg["name"])
-  spec = model_cfg.get("trainable", optim.ALL)
+  spec = model_cfg["trainable"] if "trainable" in model_cfg else optim.ALL
   if spec == optim.HEADS and not layers:
     return 1
   return optim.trainable_start(spec, layers, model_cfg["name"])
 
 
+# config.model fields that `build_backbone` takes; a field a partial mapping (a test, a script) leaves out gets
+# build_backbone's documented default, stated once, in its signature.
+_BACKBONE_FIELDS = ("dropout", "width", "dtype", "param_dtype", "depthwise")
+
+
 def _backbone(model_cfg: Mapping[str, Any], axis_name: str | None, layers: tuple[int, int, int] | None):
-  return build_backbone(
-    model_cfg["name"],
-    num_classes=0,
-    dropout=model_cfg.get("dropout", 0.5),
-    width=model_cfg.get("width", 32),
-    dtype=model_cfg.get("dtype", "float32"),
-    param_dtype=model_cfg.get("param_dtype", "float32"),
-    axis_name=axis_name,
-    depthwise=model_cfg.get("depthwise", "auto"),
-    layers=layers,
-  )
+  given = {k: model_cfg[k] for k in _BACKBONE_FIELDS if k in model_cfg}
+  return build_backbone(model_cfg["name"], num_classes=0, axis_name=axis_name, layers=layers, **given)
 
 
 def build_model(
@@ -150,9 +146,9 @@ def _heads_model(model_cfg: Mapping[str, Any], backbone: nn.Module, freeze_backb
   return HashingModel(
     backbone=backbone,
     bits=int(model_cfg["bits"]),
-    num_classes=int(model_cfg.get("num_classes", 0)),
-    param_dtype=jnp.dtype(model_cfg.get("param_dtype", "float32")),
     freeze_backbone=freeze_backbone,
+    **({"num_classes": int(model_cfg["num_classes"])} if "num_classes" in model_cfg else {}),
+    **({"param_dtype": jnp.dtype(model_cfg["param_dtype"])} if "param_dtype" in model_cfg else {}),
   )
 
 
