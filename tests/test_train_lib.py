@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import digits_demo
-from ssdh_jax import checkpoints, mesh, testing, train_lib
+from ssdh_jax import checkpoints, mesh, metric_writer, testing, train_lib
 
 
 def tiny_config(steps=6, **train):
@@ -196,7 +196,7 @@ def test_non_finite_update_stops_and_keeps_last_good(tmp_path, monkeypatch):
 
 
 def test_metric_writer_flushes_tensorboard_at_every_write(tmp_path):
-  w = train_lib.MetricWriter(str(tmp_path))
+  w = metric_writer.MetricWriter(str(tmp_path))
   w.write(1, {"loss": 1.0})
   events = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
   assert events and os.path.getsize(events[0]) > 0  # readable even if the process is killed now
