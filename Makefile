@@ -25,7 +25,7 @@ $(STAMP): $(CORE)
 	touch $(STAMP)
 
 demo: $(CORE)
-	$(PY) -m ssdh_jax.demo --workdir $(WORKDIR)
+	$(PY) demo.py --workdir $(WORKDIR)
 
 # Two pytest-xdist workers: most tests are compile-bound (one core each); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2

@@ -257,10 +257,15 @@ def test_load_pool_dispatch(tmp_path):
     sources.load_pool(d)
 
 
-def test_package_import_does_not_pull_tensorflow():
+def test_package_import_pulls_neither_tensorflow_nor_the_configs_package():
+  # Every module of the library but the tfds builders (which exist to import tensorflow_datasets); run from
+  # the repository root, where the top-level `configs` package is importable, so importing it would show.
   code = (
-    "import sys, ssdh_jax.data, ssdh_jax.data.sources, ssdh_jax.data.splits, ssdh_jax.data.pipeline\n"
-    "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]\n"
+    "import importlib, pkgutil, sys, ssdh_jax\n"
+    "for m in pkgutil.walk_packages(ssdh_jax.__path__, 'ssdh_jax.'):\n"
+    "  if not m.name.endswith('tfds_builders'):\n"
+    "    importlib.import_module(m.name)\n"
+    "bad = [m for m in ('tensorflow', 'tensorflow_datasets', 'configs') if m in sys.modules]\n"
     "assert not bad, bad\n"
   )
   subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))

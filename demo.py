@@ -1,6 +1,6 @@
 """The embedded demo: SSDH on scikit-learn's bundled digits, several code lengths, one mAP table.
 
-`python -m ssdh_jax.demo --workdir workdir/demo` (what `make demo` runs). Each code length trains in its own
+`python demo.py --workdir workdir/demo` (what `make demo` runs). Each code length trains in its own
 run directory (resumable, with checkpoints, metrics.jsonl, TensorBoard events, metrics.json and plots);
 the summary table is printed and written to <workdir>/summary.md.
 """
