@@ -246,15 +246,15 @@ def test_load_pool_dispatch(tmp_path):
 
   d = default.get_config().data  # every field the loader reads comes from configs/default.py
   d.source = "digits"
-  ex, _ = sources.load_pool(d)
+  ex, _ = pipeline.load_pool(d)
   assert len(ex) == 1797
   _tiny_folder(str(tmp_path), np.random.default_rng(9))
   d.source, d.manual_dir = "folder", str(tmp_path)
-  ex, _ = sources.load_pool(d)
+  ex, _ = pipeline.load_pool(d)
   assert ex.images.shape == (10, 6, 5, 3)
   d.source = "nope"
   with pytest.raises(ValueError, match=r"unknown data\.source"):
-    sources.load_pool(d)
+    pipeline.load_pool(d)
 
 
 def test_package_import_pulls_neither_tensorflow_nor_the_configs_package():
@@ -274,6 +274,12 @@ def test_package_import_pulls_neither_tensorflow_nor_the_configs_package():
 # ----------------------------------------------------------------------------------------------- tfds
 
 
+def _tfds_examples(*args, **kwargs):
+  from ssdh_jax.data import tfds_builders  # imports tensorflow_datasets: only in the tfds tests
+
+  return tfds_builders.tfds_examples(*args, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def tfds_mod():
   return pytest.importorskip("tensorflow_datasets")
@@ -283,7 +289,7 @@ def test_tfds_image_folder_builder_exact_and_bad_files(tmp_path, tfds_mod):
   rng = np.random.default_rng(10)
   root = str(tmp_path / "manual")
   arrays = _tiny_folder(root, rng)
-  ex, skipped = sources.tfds_examples("ssdh_image_folder", manual_dir=root, data_dir=str(tmp_path / "tfds"))
+  ex, skipped = _tfds_examples("ssdh_image_folder", manual_dir=root, data_dir=str(tmp_path / "tfds"))
   ref, _, _ = sources.image_folder(root)
   assert skipped == [] and ex.in_memory
   np.testing.assert_array_equal(ex.ids, ref.ids)
@@ -295,8 +301,8 @@ def test_tfds_image_folder_builder_exact_and_bad_files(tmp_path, tfds_mod):
   _truncated_jpeg(os.path.join(root, "test/cat/9.jpg"), rng)
   _write(os.path.join(root, "test/cat/8.jpg"), rng.integers(0, 256, (6, 5, 3), dtype=np.uint8), "JPEG")
   with pytest.raises(Exception, match=r"test/cat/9\.jpg"):
-    sources.tfds_examples("ssdh_image_folder", manual_dir=root, data_dir=str(tmp_path / "tfds"))
-  ex, skipped = sources.tfds_examples(
+    _tfds_examples("ssdh_image_folder", manual_dir=root, data_dir=str(tmp_path / "tfds"))
+  ex, skipped = _tfds_examples(
     "ssdh_image_folder", manual_dir=root, data_dir=str(tmp_path / "tfds"), on_bad_image="skip"
   )
   assert [os.path.basename(s["file"]) for s in skipped] == ["9.jpg"]
@@ -311,7 +317,7 @@ def test_tfds_image_folder_builder_exact_and_bad_files(tmp_path, tfds_mod):
 def test_tfds_list_file_builder_variable_sizes(tmp_path, tfds_mod):
   root = str(tmp_path / "manual")
   rows = _tiny_list(root, np.random.default_rng(11))
-  ex, skipped = sources.tfds_examples(
+  ex, skipped = _tfds_examples(
     "ssdh_list_file", manual_dir=root, data_dir=str(tmp_path / "tfds"), num_classes=3
   )
   assert skipped == [] and not ex.in_memory  # several image sizes: the files stay on disk
@@ -344,7 +350,7 @@ def test_tfds_image_folder_on_real_cifar_slice(tmp_path, tfds_mod):
   root = str(tmp_path / "cifar")
   taken = _extract_cifar_slice(root, per_class=10)
   assert len(taken) == 20  # {train, test} x 10 classes
-  ex, skipped = sources.tfds_examples("ssdh_image_folder", manual_dir=root, data_dir=str(tmp_path / "tfds"))
+  ex, skipped = _tfds_examples("ssdh_image_folder", manual_dir=root, data_dir=str(tmp_path / "tfds"))
   ref, _, classes = sources.image_folder(root)
   assert skipped == [] and ex.images.shape == (200, 32, 32, 3)
   assert classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -360,7 +366,7 @@ def test_tfds_image_folder_on_real_cifar_slice(tmp_path, tfds_mod):
 
 def test_tfds_catalogue_cifar10_with_mock_data(tmp_path, tfds_mod):
   with tfds_mod.testing.mock_data(num_examples=6, data_dir=str(tmp_path / "tfds")):
-    ex, skipped = sources.tfds_examples("cifar10", data_dir=str(tmp_path / "tfds"))
+    ex, skipped = _tfds_examples("cifar10", data_dir=str(tmp_path / "tfds"))
   assert skipped == []
   assert ex.images.shape == (12, 32, 32, 3) and ex.images.dtype == np.uint8
   assert ex.labels.shape == (12, 10)

@@ -123,6 +123,51 @@ def validate_examples(
 # ----------------------------------------------------------------------------------------------- load_splits
 
 
+def load_pool(config: Any) -> tuple[Examples, list[dict[str, Any]]]:
+  """The whole dataset named by `config.data` (or a full config) as one `Examples` + skipped records.
+
+  Fields read (all in configs/default.py): source, manual_dir, tfds_name, data_dir, num_classes,
+  on_bad_image, cache_dir, list_files (comma-separated), arrays_path, in_memory, num_workers (0: all cores).
+  """
+  d = config.data if hasattr(config, "data") else config
+  source = d.source
+  on_bad, workers, in_memory = d.on_bad_image, int(d.num_workers), d.in_memory
+  if source == "digits":
+    return sources.digits(), []
+  if source == "arrays":
+    path = d.arrays_path
+    if not path:
+      raise ValueError("source='arrays' needs data.arrays_path (an .npz), or pass the pool to load_splits")
+    return sources.load_npz(path), []
+  if source == "folder":
+    ex, skipped, _ = sources.image_folder(
+      d.manual_dir, in_memory=in_memory, cache_dir=d.cache_dir, num_workers=workers, on_bad_image=on_bad
+    )
+    return ex, skipped
+  if source == "list":
+    return sources.list_files(
+      d.manual_dir,
+      d.list_files,
+      num_classes=d.num_classes,
+      in_memory="never" if in_memory == "auto" else in_memory,  # list datasets are large, variable-sized
+      cache_dir=d.cache_dir,
+      num_workers=workers,
+      on_bad_image=on_bad,
+    )
+  if source == "tfds":
+    from ssdh_jax.data import tfds_builders  # lazy: pulls in tensorflow_datasets
+
+    return tfds_builders.tfds_examples(
+      d.tfds_name,
+      data_dir=d.data_dir,
+      manual_dir=d.manual_dir,
+      num_classes=d.num_classes,
+      list_names=d.list_files,
+      on_bad_image=on_bad,
+    )
+  raise ValueError(f"unknown data.source {source!r} (digits | arrays | folder | list | tfds)")
+
+
 def load_splits(config: Any, workdir: str, pool: Examples | None = None) -> tuple[dict[str, Examples], dict]:
   """Loads the dataset, runs the validation pass, and returns the protocol's splits plus run metadata.
 
@@ -142,7 +187,7 @@ def load_splits(config: Any, workdir: str, pool: Examples | None = None) -> tupl
   on_bad = d.on_bad_image
   skipped: list[dict[str, Any]] = []
   if pool is None:
-    pool, skipped = sources.load_pool(d)
+    pool, skipped = load_pool(d)
   protocol = splits_lib.get_protocol(
     d.protocol, num_classes=int(d.num_classes), multi_label=bool(d.multi_label)
   )

@@ -11,8 +11,8 @@ multi-hot label vector and a stable int64 id. `config.data.source` picks one:
           (NUS-WIDE, MIRFlickr-25k, COCO, ImageNet-100 as the hashing field ships them); `origin` holds the
           list file's stem.
   tfds    a tfds catalogue dataset (`data.tfds_name`, e.g. `cifar10`), or the project's own builders
-          `ssdh_image_folder` / `ssdh_list_file` over `manual_dir` (ssdh_jax/data/tfds_builders.py). TensorFlow
-          and tfds are imported only inside these functions.
+          `ssdh_image_folder` / `ssdh_list_file` over `manual_dir`: `tfds_builders.tfds_examples`, the one
+          module that imports TensorFlow (this one never does; `pipeline.load_pool` dispatches).
 
 Ids are stable: the row index in sorted relative-path order for folders and lists (the same ids whether read
 with PIL or through the tfds builders), the load order for digits, and (split name, tfds `id` feature) order
@@ -559,80 +559,3 @@ def list_files(
     on_bad_image=on_bad_image,
   )
   return Examples(images, labels[keep], keep, origin[keep]), skipped + sk
-
-
-# ----------------------------------------------------------------------------------------------- tfds
-
-
-def tfds_examples(
-  name: str,
-  *,
-  data_dir: str = "",
-  manual_dir: str = "",
-  num_classes: int | None = None,
-  list_names: Sequence[str] | str = (),
-  on_bad_image: str = "error",
-) -> tuple[Examples, list[dict[str, Any]]]:
-  """A tfds dataset as `Examples` (imports tensorflow_datasets; call only when config.data.source == 'tfds').
-
-  `name` is a catalogue name (e.g. 'cifar10': downloaded into `data_dir` if missing, as tfds.load would),
-  or one of the project's builders 'ssdh_image_folder' / 'ssdh_list_file' reading `manual_dir`.
-  """
-  from ssdh_jax.data import tfds_builders  # lazy: pulls in tensorflow_datasets
-
-  if name in OWN_TFDS_BUILDERS:
-    return tfds_builders.load_own(
-      name,
-      manual_dir=manual_dir,
-      data_dir=data_dir,
-      num_classes=num_classes,
-      list_names=list_names,
-      on_bad_image=on_bad_image,
-    )
-  return tfds_builders.load_catalogue(name, data_dir=data_dir), []
-
-
-# ----------------------------------------------------------------------------------------------- config
-
-
-def load_pool(config: Any) -> tuple[Examples, list[dict[str, Any]]]:
-  """The whole dataset named by `config.data` (or a full config) as one `Examples` + skipped records.
-
-  Fields read (all in configs/default.py): source, manual_dir, tfds_name, data_dir, num_classes,
-  on_bad_image, cache_dir, list_files (comma-separated), arrays_path, in_memory, num_workers (0: all cores).
-  """
-  d = config.data if hasattr(config, "data") else config
-  source = d.source
-  on_bad, workers, in_memory = d.on_bad_image, int(d.num_workers), d.in_memory
-  if source == "digits":
-    return digits(), []
-  if source == "arrays":
-    path = d.arrays_path
-    if not path:
-      raise ValueError("source='arrays' needs data.arrays_path (an .npz), or pass the pool to load_splits")
-    return load_npz(path), []
-  if source == "folder":
-    ex, skipped, _ = image_folder(
-      d.manual_dir, in_memory=in_memory, cache_dir=d.cache_dir, num_workers=workers, on_bad_image=on_bad
-    )
-    return ex, skipped
-  if source == "list":
-    return list_files(
-      d.manual_dir,
-      d.list_files,
-      num_classes=d.num_classes,
-      in_memory="never" if in_memory == "auto" else in_memory,  # list datasets are large, variable-sized
-      cache_dir=d.cache_dir,
-      num_workers=workers,
-      on_bad_image=on_bad,
-    )
-  if source == "tfds":
-    return tfds_examples(
-      d.tfds_name,
-      data_dir=d.data_dir,
-      manual_dir=d.manual_dir,
-      num_classes=d.num_classes,
-      list_names=d.list_files,
-      on_bad_image=on_bad,
-    )
-  raise ValueError(f"unknown data.source {source!r} (digits | arrays | folder | list | tfds)")

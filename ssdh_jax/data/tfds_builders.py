@@ -1,6 +1,6 @@
 """The project's tfds builders for retrieval datasets users bring as files, and the tfds readers.
 
-This module imports tensorflow_datasets at import time; only `sources.tfds_examples` imports it, lazily.
+This module imports tensorflow_datasets at import time; only `pipeline.load_pool` imports it, lazily.
 
 Builders (registered under these names when this module is imported), both reading `manual_dir`:
   ssdh_image_folder  `<manual_dir>/<split>/<class>/*.jpg`; one tfds split per `<split>` folder.
@@ -271,3 +271,29 @@ def load_catalogue(name: str, *, data_dir: str = "", splits: Sequence[str] = ())
   return sources.Examples(
     imgs.astype(np.uint8), lab[order], np.arange(len(order), dtype=np.int64), np.asarray(origin)[order]
   )
+
+
+def tfds_examples(
+  name: str,
+  *,
+  data_dir: str = "",
+  manual_dir: str = "",
+  num_classes: int | None = None,
+  list_names: Sequence[str] | str = (),
+  on_bad_image: str = "error",
+) -> tuple[sources.Examples, list[dict[str, Any]]]:
+  """A tfds dataset as `Examples` (imports tensorflow_datasets; call only when config.data.source == 'tfds').
+
+  `name` is a catalogue name (e.g. 'cifar10': downloaded into `data_dir` if missing, as tfds.load would),
+  or one of the project's builders 'ssdh_image_folder' / 'ssdh_list_file' reading `manual_dir`.
+  """
+  if name in sources.OWN_TFDS_BUILDERS:
+    return load_own(
+      name,
+      manual_dir=manual_dir,
+      data_dir=data_dir,
+      num_classes=num_classes,
+      list_names=list_names,
+      on_bad_image=on_bad_image,
+    )
+  return load_catalogue(name, data_dir=data_dir), []
