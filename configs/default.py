@@ -115,6 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
   e.tie_break = "id_hash"
   e.tie_seed = 0
   e.query_chunk = 256
+  e.backend = "auto"  # auto | jax | faiss: ranks mAP@R (R > 0) and top-k search; auto: FAISS where faster
   e.val_queries = 500  # validation queries used for model selection during training
   e.val_database = 5000  # database sample those validation queries search (fixed by split_seed)
   return c

@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from ssdh_jax import losses, models, preprocessing
+from ssdh_jax import losses, metrics, models, preprocessing
 
 Rule = Callable[[Any], str | None]  # returns what is wrong, or None
 
@@ -152,6 +152,7 @@ RULES: Mapping[str, Rule] = {
   "eval.topk": _topk,
   "eval.hamming_radius": _int(0),
   "eval.query_chunk": _int(1),
+  "eval.backend": _choice("auto", "jax", "faiss"),
   "eval.tie_break": _choice("id_hash", "index"),
   "eval.tie_seed": _int(0),
   "eval.val_queries": _int(1),
@@ -174,6 +175,10 @@ def check_config(config: ml_collections.ConfigDict | Mapping[str, Any]) -> None:
       problem = rule(node)
       if problem:
         raise ValueError(f"config.{path}: {problem}")
+  if "eval" in config and config["eval"].get("backend") == "faiss" and metrics.faiss_module() is None:
+    raise ValueError(
+      "config.eval.backend: 'faiss' needs FAISS, which is not installed: pip install faiss-cpu"
+    )
   t = config["train"]
   if t.get("coordinator_address") and not 0 <= int(t["process_id"]) < int(t["num_processes"]):
     raise ValueError(

@@ -133,6 +133,11 @@ def tie_ordered(config: ml_collections.ConfigDict, db: Mapping[str, np.ndarray])
   return {k: np.asarray(v)[perm] for k, v in db.items()}
 
 
+def eval_backend(config: ml_collections.ConfigDict) -> str:
+  """config.eval.backend (`metrics.resolve_backend`); runs saved before the field existed get 'auto'."""
+  return str(config.eval.get("backend", "auto"))
+
+
 def tie_break_label(config: ml_collections.ConfigDict) -> str:
   """The tie convention as every report key and saved index states it."""
   mode, seed = _tie_setting(config)
@@ -167,6 +172,7 @@ def validation_map(
       bits=config.model.bits,
       R=int(config.eval.map_r),
       query_chunk=int(config.eval.query_chunk),
+      backend=eval_backend(config),
     )
   )
 
@@ -223,7 +229,9 @@ def report(
     drop_no_relevant=bool(config.eval.drop_no_relevant),
     expected_ties=bool(config.eval.expected_ties),
     query_chunk=int(config.eval.query_chunk),
+    backend=eval_backend(config),
   )
+  backend = res.pop("backend")
   bits_on = hashing.unpack_bits(jnp.asarray(d["codes"]), config.model.bits)
   return {
     "key": {
@@ -243,6 +251,7 @@ def report(
       "drop_no_relevant": bool(config.eval.drop_no_relevant),
       "hamming_radius": int(config.eval.hamming_radius),
       "tie_break": tie_break_label(config),
+      "eval_backend": backend,  # what ranked the metrics: 'jax' or 'faiss' (same numbers either way)
     },
     "metrics": res,
     "bit_balance": np.asarray(bits_on, np.float32).mean(axis=0),
@@ -262,7 +271,7 @@ def _jsonable(x):
 
 
 def scalar_metrics(results: Mapping[str, Any]) -> dict[str, float]:
-  return {k: float(v) for k, v in results["metrics"].items() if np.ndim(v) == 0}
+  return {k: float(v) for k, v in results["metrics"].items() if np.ndim(v) == 0 and not isinstance(v, str)}
 
 
 # Column titles of printed tables (the README's notation); H≤r is the Hamming ball of the run's radius.

@@ -216,7 +216,7 @@ def search_images(
   if radius >= 0:
     found = index.range_search(idx, packed, radius)
   else:
-    found = list(zip(*index.search(idx, packed, k)))
+    found = list(zip(*index.search(idx, packed, k, backend=evaluate.eval_backend(config))))
   return [
     {
       "image": img,

@@ -8,7 +8,9 @@ File format (version `FORMAT_VERSION`), a NumPy .npz readable without pickle:
                                      split_hash and any further keys given at build time.
 
 Search conventions: neighbours are ranked by ascending Hamming distance, ties broken by position in the
-index (stable), exactly as in `ssdh_jax.metrics`; both searches return dataset ids, not positions.
+index (stable), exactly as in `ssdh_jax.metrics`; both searches return dataset ids, not positions. Top-k search
+runs in JAX or, with backend='faiss' (or 'auto' where FAISS measured faster: k beyond what the JAX strided top_k
+covers), with FAISS `IndexBinaryFlat` over 64-bit-padded codes: the same neighbours in the same order.
 """
 
 from __future__ import annotations
@@ -207,8 +209,9 @@ def knn(
   bits: int,
   query_chunk: int = 256,
   db_block: int = 1 << 22,
+  backend: str = "auto",
 ) -> tuple[Array, Array]:
-  """Exact Hamming top-k on device, chunked over queries and over database blocks.
+  """Exact Hamming top-k, on device chunked over queries and over database blocks, or with FAISS.
 
   Args:
     db_codes: (N, W) packed uint32 or (N, bits) bool database codes.
@@ -218,9 +221,12 @@ def knn(
     query_chunk: queries per step (capped so that chunk x db_block stays within the memory bound of
       `metrics`).
     db_block: database items per step (a database up to this size is searched in one step).
+    backend: 'jax', 'faiss' (k < N; FAISS `IndexBinaryFlat`, codes padded to 64 bits) or 'auto' (FAISS where
+      installed, on CPU, and k is beyond the JAX strided top_k: `metrics.resolve_backend`).
 
   Returns:
-    positions (Q, k) int32 into the database and distances (Q, k) int32, ordered by (distance, position).
+    positions (Q, k) int32 into the database and distances (Q, k) int32, ordered by (distance, position)
+    (jax Arrays, or NumPy arrays from FAISS).
   """
   dw = metrics.as_code_words(db_codes, bits)
   qw = metrics.as_code_words(query_codes, bits)
@@ -228,13 +234,25 @@ def knn(
   if n == 0:
     raise ValueError("empty index")
   k = max(1, min(int(k), n))
+  if metrics.resolve_backend(backend, dw, k, n) == "faiss":
+    parts = list(metrics.faiss_knn(np.asarray(qw), np.asarray(dw), k))
+    return (
+      np.concatenate([p[1] for p in parts]).astype(np.int32),
+      np.concatenate([p[2] for p in parts]).astype(np.int32),
+    )
   block = max(k, n if n <= db_block else int(db_block))
   chunk = metrics._chunk_size(query_chunk, qw.shape[0], block, dw)
   return _knn_device(qw, dw, k=k, block=block, chunk=chunk)
 
 
 def search(
-  index: CodeIndex, query_codes: ArrayLike, k: int, *, query_chunk: int = 256, db_block: int = 1 << 22
+  index: CodeIndex,
+  query_codes: ArrayLike,
+  k: int,
+  *,
+  query_chunk: int = 256,
+  db_block: int = 1 << 22,
+  backend: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
   """The k nearest indexed items of every query.
 
@@ -243,6 +261,7 @@ def search(
     query_codes: (Q, ceil(bits/32)) packed uint32 or (Q, bits) bool (a single code may be 1-D).
     k: neighbours per query (clipped to the index size).
     query_chunk, db_block: chunking of the device computation (see `knn`).
+    backend: 'auto' | 'jax' | 'faiss' (see `knn`; the same answer either way).
 
   Returns:
     ids (Q, k) int64 (dataset ids) and Hamming distances (Q, k) int32, by (distance, index position).
@@ -254,6 +273,7 @@ def search(
     bits=index.bits,
     query_chunk=query_chunk,
     db_block=db_block,
+    backend=backend,
   )
   return index.ids[np.asarray(pos)], np.asarray(dist)
 
@@ -320,30 +340,39 @@ def format_results(
 # ----------------------------------------------------------------------------------------------- FAISS
 
 
-def faiss_bytes(codes: ArrayLike, bits: int) -> np.ndarray:
+def faiss_bytes(codes: ArrayLike, bits: int, *, pad_bits: int = 64) -> np.ndarray:
   """Packed codes -> the uint8 layout FAISS binary indexes take.
 
   Bit j goes to byte j // 8 at bit position j % 8 (`np.packbits(b, bitorder='little')`, FAISS's own packing);
-  the code is zero-padded to whole bytes (FAISS needs d % 8 == 0; zero padding leaves distances unchanged).
+  the code is zero-padded to whole `pad_bits` (zero padding leaves distances unchanged). The default, whole
+  64-bit words, puts codes of up to 512 bits on FAISS's fast Hamming kernels (8, 16, 32 or 64 bytes: a 48-bit
+  code in 6 bytes takes FAISS's generic, slower path); pad_bits=8 gives the tightest layout (FAISS needs whole
+  bytes).
 
   Args:
     codes: (N, ceil(bits/32)) packed uint32 or (N, bits) bool.
     bits: code length.
+    pad_bits: pad each code to a multiple of this many bits (a multiple of 8).
 
   Returns:
-    (N, ceil(bits/8)) uint8, C-contiguous.
+    (N, pad_bits / 8 * ceil(bits / pad_bits)) uint8, C-contiguous.
   """
+  if pad_bits % 8 or pad_bits <= 0:
+    raise ValueError(f"pad_bits must be a positive multiple of 8; got {pad_bits}")
   words = np.asarray(metrics.as_code_words(codes, bits), np.uint32)
-  by = words.astype("<u4").view(np.uint8).reshape(words.shape[0], -1)
-  return np.ascontiguousarray(by[:, : -(-bits // 8)])
+  by = words.astype("<u4").view(np.uint8).reshape(words.shape[0], -1)  # padding bits are zero
+  n_bytes = pad_bits // 8 * -(-bits // pad_bits)
+  by = np.pad(by, ((0, 0), (0, max(0, n_bytes - by.shape[1]))))
+  return np.ascontiguousarray(by[:, :n_bytes])
 
 
 def to_faiss(index: CodeIndex):
   """Exports the codes to a `faiss.IndexBinaryFlat` (needs the `faiss` extra: pip install faiss-cpu).
 
-  The FAISS index has d = 8 * ceil(bits/8) dimensions and holds the items in index order, so FAISS labels
-  are index positions (map them through `index.ids`); search it with `faiss_bytes(query_codes, bits)`.
-  FAISS breaks distance ties its own way, not necessarily by position.
+  The FAISS index has d = 64 * ceil(bits/64) dimensions (codes zero-padded to whole 64-bit words, FAISS's fast
+  Hamming kernels) and holds the items in index order, so FAISS labels are index positions (map them through
+  `index.ids`); search it with `faiss_bytes(query_codes, bits)` (the same padding). Distance ties come out by
+  position for both of its k-NN algorithms (use_heap True or False), as in `search`.
   """
   try:
     import faiss

@@ -10,6 +10,12 @@ methods give identical numbers:
     of queries, the (chunk, D) distances are ranked by a stable top_k / single-key sort (a two-stage strided
     top_k for short prefixes). Memory O(query_chunk x D), the chunk capped so that query_chunk x D stays
     below 2^26 elements on CPU, 2^28 on accelerators.
+A ranked prefix shorter than the database (mAP@R, top-k) can instead come from FAISS (backend='faiss', or
+'auto' where it is installed and measured faster on CPU: `resolve_backend`): `IndexBinaryFlat` top-L lists
+over 64-bit-padded codes, ties by position exactly as above, then the AP in NumPy; the same numbers (float32
+rounding aside). XLA:CPU has no fast selection (top_k, sort, scatter and cumsum each cost several ns per
+element and query), so FAISS's threshold-pruned k-NN wins for prefixes of a few thousand (bench/
+bench_metrics.py); the whole ranking (mAP@all) stays with the counting method.
 
 Conventions (the project's protocols.md; each one explicit, the default named):
   * Codes: packed uint32 words (N, ceil(k/32)) in the layout of `hashing.pack_bits` (bit j of a code in word
@@ -114,10 +120,13 @@ def _label_words(q_labels: ArrayLike, db_labels: ArrayLike) -> tuple[Array, Arra
   if q.ndim != 2 or d.ndim != 2 or q.shape[1] != d.shape[1] or q.shape[1] == 0:
     raise ValueError(f"labels must be (Q, C) and (D, C) multi-hot with C >= 1; got {q.shape} and {d.shape}")
 
+  n_words = -(-q.shape[1] // 32)
+
   def pack(y: np.ndarray) -> Array:
-    by = np.packbits(y > 0, axis=1, bitorder="little")
-    by = np.pad(by, ((0, 0), (0, (-by.shape[1]) % 4)))
-    return jnp.asarray(np.ascontiguousarray(by).view("<u4").astype(np.uint32))
+    # Rows padded to whole words, then one packbits over the flat array (per-row packbits is ~3x slower).
+    b = np.zeros((y.shape[0], 32 * n_words), bool)
+    b[:, : y.shape[1]] = y > 0
+    return jnp.asarray(np.packbits(b.reshape(-1), bitorder="little").view("<u4").reshape(-1, n_words))
 
   return pack(q), pack(d)
 
@@ -419,6 +428,150 @@ def _counting_device(
   return _map_queries(body, (q_words, q_lw), chunk)
 
 
+# ----------------------------------------------------------------------------------------- FAISS backend
+
+BACKENDS = ("auto", "jax", "faiss")
+# FAISS IndexBinaryFlat: its heap k-NN (use_heap=True) is as fast as its counting k-NN up to k ~ 100 and slower
+# beyond (measured on one core over 193,734 64-bit codes: 1.6x slower at k = 1,000, 2.5x at 5,000).
+_FAISS_HEAP_MAX_K = 256
+# Memory bound of one batch of FAISS's counting k-NN (queries x (code bits + 1) x k x 8 bytes).
+_FAISS_COUNTING_BYTES = 1 << 28
+# Queries per batch of FAISS's counting k-NN (FAISS's default is 32), per OpenMP thread count: measured at
+# k = 5,000 over 193,734 codes, 8 queries ran 1.35x faster than 32 on one thread (smaller buffers), while two
+# threads ran fastest with 64 (fewer parallel regions, each ending in a barrier).
+_FAISS_BATCH_ONE_THREAD = 8
+_FAISS_BATCH_PER_THREAD = 32
+# Queries x k elements per FAISS call: bounds the (chunk, k) neighbour, relevance and AP buffers (~25 MB).
+_FAISS_CHUNK_ELEMS = 1 << 20
+
+
+def faiss_module():
+  """The `faiss` module, or None when it is not installed (pip install faiss-cpu)."""
+  try:
+    import faiss
+  except ImportError:
+    return None
+  return faiss
+
+
+def faiss_code_bytes(words: ArrayLike, pad_bits: int = 64) -> np.ndarray:
+  """Packed uint32 words (N, W) -> (N, B) uint8 in FAISS's binary layout (bit j in byte j // 8 at position
+  j % 8), zero-padded to whole `pad_bits` (a multiple of 8; zero padding leaves distances unchanged). 64-bit
+  padding puts 1-512-bit codes on the code sizes FAISS has fast Hamming kernels for (8, 16, 32, 64 bytes)."""
+  if pad_bits % 8 or pad_bits <= 0:
+    raise ValueError(f"pad_bits must be a positive multiple of 8; got {pad_bits}")
+  w = np.asarray(words, np.uint32)
+  by = np.ascontiguousarray(w.astype("<u4")).view(np.uint8).reshape(w.shape[0], -1)
+  n_bytes = -(-by.shape[1] // (pad_bits // 8)) * (pad_bits // 8)
+  return np.ascontiguousarray(np.pad(by, ((0, 0), (0, n_bytes - by.shape[1]))))
+
+
+def faiss_knn(
+  q_words: ArrayLike, db_words: ArrayLike, k: int, *, use_heap: bool | None = None, chunk_elems: int = 0
+):
+  """Exact Hamming top-k with FAISS (`IndexBinaryFlat` over 64-bit-padded codes), in query chunks.
+
+  Ties come out by database position, as in the JAX path: FAISS's counting k-NN (use_heap=False) scans the
+  database in order and keeps the first k items of each distance, and its heap (use_heap=True) replaces only
+  on a strictly smaller distance and orders equal distances by id (both checked in tests/test_faiss_backend.py).
+
+  Args:
+    q_words, db_words: packed uint32 codes (Q, W), (D, W) with zeroed padding bits (`as_code_words`).
+    k: neighbours per query, 1 <= k <= D.
+    use_heap: FAISS's k-NN algorithm (None: the heap for k <= 256, else counting, the faster one; the
+      counting k-NN's query batch is set for the OpenMP thread count and bounded to 256 MiB of buffers).
+    chunk_elems: queries x k per FAISS call (0: the default bound).
+
+  Yields:
+    (first query row, positions (c, k) int64, distances (c, k) int32) per chunk of queries.
+  """
+  faiss = faiss_module()
+  if faiss is None:
+    raise ImportError("the FAISS backend needs FAISS: pip install faiss-cpu")
+  db = faiss_code_bytes(db_words)
+  q = faiss_code_bytes(q_words)
+  k = int(k)
+  if not 1 <= k <= db.shape[0]:
+    raise ValueError(f"k must be in [1, {db.shape[0]}]; got {k}")
+  index = faiss.IndexBinaryFlat(8 * db.shape[1])
+  index.add(db)
+  index.use_heap = bool(k <= _FAISS_HEAP_MAX_K if use_heap is None else use_heap)
+  if not index.use_heap:
+    threads = faiss.omp_get_max_threads()
+    batch = _FAISS_BATCH_ONE_THREAD if threads == 1 else _FAISS_BATCH_PER_THREAD * threads
+    per_query = (8 * db.shape[1] + 1) * k * 8
+    index.query_batch_size = int(np.clip(_FAISS_COUNTING_BYTES // per_query, 1, batch))
+  step = _balanced(q.shape[0], max(1, (chunk_elems or _FAISS_CHUNK_ELEMS) // k))
+  for s in range(0, q.shape[0], step):
+    dist, pos = index.search(q[s : s + step], k)
+    yield s, pos, dist
+
+
+def _relevant_np(q_lw: np.ndarray, db_lw: np.ndarray, pos: np.ndarray) -> np.ndarray:
+  """(c, Wl) query label sets, (D, Wl) database label sets, (c, L) positions -> (c, L) bool relevance."""
+  acc = None
+  for w in range(q_lw.shape[1]):
+    a = db_lw[:, w][pos] & q_lw[:, w, None]
+    acc = a if acc is None else acc | a
+  return acc != 0
+
+
+def _ranked_numpy(rel: np.ndarray, cut_r: int, cut_ball: np.ndarray | None, ks, positions) -> dict:
+  """AP@cut_r, relevant count in the top cut_r, AP in the ball (its size per query) and the relevant counts at
+  `ks` / `positions` from the relevance of ranked prefixes (c, L) (float64 sums; float32 results like JAX)."""
+  n, length = rel.shape
+  cum = np.cumsum(rel, axis=1, dtype=np.int32)
+  contrib = (cum * rel) * (1.0 / np.arange(1, length + 1))  # P@p at relevant positions, else 0 (float64)
+
+  def ap(s, n_rel):
+    return np.where(n_rel > 0, s / np.maximum(n_rel, 1), 0.0).astype(np.float32)
+
+  n_rel = cum[:, cut_r - 1]
+  out = {"ap": ap(contrib[:, :cut_r].sum(axis=1), n_rel), "n_rel": n_rel, "ap_ball": np.zeros(n, np.float32)}
+  if cut_ball is not None:  # a cut per query (the ball sizes, 0 for an empty ball)
+    i = (np.arange(n), np.clip(cut_ball - 1, 0, length - 1))
+    has = cut_ball > 0
+    out["ap_ball"] = ap(np.where(has, np.cumsum(contrib, axis=1)[i], 0.0), np.where(has, cum[i], 0))
+  out["cum_k"] = cum[:, np.asarray(ks, np.int64) - 1] if ks else np.zeros((n, 0), np.int32)
+  out["cum_p"] = cum[:, np.asarray(positions, np.int64) - 1] if positions else np.zeros((n, 0), np.int32)
+  return out
+
+
+def _faiss_ranked(qw, dw, ql, dl, *, length, r_eff, ball, ks, positions) -> dict[str, np.ndarray]:
+  """`_evaluate_raw`'s ranked results from FAISS top-`length` lists (ties by position, exactly as JAX)."""
+  q_lw, db_lw = np.asarray(ql), np.asarray(dl)
+  parts = []
+  for s, pos, _ in faiss_knn(qw, dw, length):
+    rel = _relevant_np(q_lw[s : s + pos.shape[0]], db_lw, pos)
+    parts.append(
+      _ranked_numpy(rel, r_eff, None if ball is None else ball[s : s + pos.shape[0]], ks, positions)
+    )
+  return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def resolve_backend(backend: str, x: Array, length: int, n_db: int, method: str = "auto") -> str:
+  """Which backend ranks a prefix of `length` positions of a database of `n_db` items.
+
+  'faiss' serves every prefix shorter than the database (the whole ranking, e.g. mAP@all, stays JAX: its
+  counting scans are faster there); 'auto' picks FAISS only where it is installed, the JAX arrays `x` live on
+  the CPU, no JAX `method` was named, and the prefix is longer than the JAX strided top_k covers (length x 4
+  x 16 > n_db: top-100 search over 1M codes stays JAX, which measured faster) and at most an eighth of the
+  database. FAISS measured faster at length = n_db / 39 (mAP@5000 over 193,734 items) and slower at n_db
+  (mAP@all); n_db / 8 is a conservative bound between the two, not a measured crossover. Else 'jax'.
+  """
+  if backend not in BACKENDS:
+    raise ValueError(f"backend must be one of {' | '.join(BACKENDS)}; got {backend!r}")
+  if backend == "faiss" and faiss_module() is None:
+    raise ImportError("backend='faiss' needs FAISS, which is not installed: pip install faiss-cpu")
+  if length >= n_db or backend == "jax":
+    return "jax"
+  if backend == "faiss":
+    return "faiss"
+  on_cpu = next(iter(x.devices())).platform == "cpu"
+  fits = length * 4 * _GROUPS > n_db and length * 8 <= n_db
+  return "faiss" if method == "auto" and on_cpu and fits and faiss_module() is not None else "jax"
+
+
 # ---------------------------------------------------------------------------------------- public metrics
 
 
@@ -479,9 +632,46 @@ def _evaluate_raw(
   method: str,
   query_chunk: int,
   hist_only: bool = False,
+  backend: str = "jax",
+) -> dict[str, Any]:
+  """Per-query raw results: histograms, AP@R, relevant count in the top R, AP in the ball of `radius` (< 0:
+  skipped), relevant counts in the top K for K in `ks` and in `positions` (all <= D); 'backend' names what
+  ranked them ('faiss': FAISS top-L lists, L the longest prefix needed, the histograms still by JAX)."""
+  kw = dict(bits=bits, r_eff=r_eff, radius=radius, ks=ks, positions=positions, method=method)
+  n_db = dw.shape[0]
+  length = max([r_eff, *ks, *positions])
+  if hist_only or resolve_backend(backend, dw, length, n_db, method) == "jax":
+    return {
+      **_evaluate_jax(qw, dw, ql, dl, **kw, query_chunk=query_chunk, hist_only=hist_only),
+      "backend": "jax",
+    }
+  out, ball = {}, None
+  if radius >= 0:
+    out = _evaluate_jax(qw, dw, ql, dl, **kw, query_chunk=query_chunk, hist_only=True)
+    ball = out["counts"][:, : radius + 1].sum(axis=1)
+    length = max(length, int(ball.max(initial=0)))
+    if length >= n_db:  # a ball holds the whole database: JAX ranks it all
+      return {**_evaluate_jax(qw, dw, ql, dl, **kw, query_chunk=query_chunk), "backend": "jax"}
+  out.update(_faiss_ranked(qw, dw, ql, dl, length=length, r_eff=r_eff, ball=ball, ks=ks, positions=positions))
+  return {**out, "backend": "faiss"}
+
+
+def _evaluate_jax(
+  qw: Array,
+  dw: Array,
+  ql: Array,
+  dl: Array,
+  *,
+  bits: int,
+  r_eff: int,
+  radius: int,
+  ks: tuple[int, ...],
+  positions: tuple[int, ...],
+  method: str,
+  query_chunk: int,
+  hist_only: bool = False,
 ) -> dict[str, np.ndarray]:
-  """Per-query raw results of either method: histograms, AP@R, relevant count in the top R, AP in the ball
-  of `radius` (< 0: skipped), relevant counts in the top K for K in `ks` and in `positions` (all <= D)."""
+  """`_evaluate_raw` by either JAX method."""
   n_q, n_db = qw.shape[0], dw.shape[0]
   length = max([r_eff, *ks, *positions])
   method = _resolve_method(method, dw, n_db if hist_only or radius >= 0 else length, n_db)
@@ -592,6 +782,7 @@ def average_precision(
   R: int = 0,
   query_chunk: int = 256,
   method: str = "auto",
+  backend: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
   """Per-query AP@R under the stable ranking.
 
@@ -604,6 +795,8 @@ def average_precision(
     method: 'counting' (two scans over the database, no sort: fastest on CPU for long rankings), 'sort'
       (stable top_k / sort of each query's distances) or 'auto' (counting on CPU when R > D / 64, else sort).
       Both are exact and give the same numbers.
+    backend: 'jax', 'faiss' (FAISS top-R lists, then the AP in NumPy, for R < D; mAP@all stays JAX) or 'auto'
+      (FAISS where it is installed and measured faster, see `resolve_backend`). Same numbers either way.
 
   Returns:
     ap (Q,) float32 (0 for a query without relevant item in the top R) and n_rel (Q,) int32, the number of
@@ -622,6 +815,7 @@ def average_precision(
     positions=(),
     method=method,
     query_chunk=query_chunk,
+    backend=backend,
   )
   return out["ap"], out["n_rel"]
 
@@ -660,6 +854,7 @@ def mean_average_precision(
   drop_no_relevant: bool = False,
   query_chunk: int = 256,
   method: str = "auto",
+  backend: str = "auto",
 ) -> float:
   """mAP@R under the stable ranking (see the module docstring for every convention).
 
@@ -671,12 +866,21 @@ def mean_average_precision(
     drop_no_relevant: leave queries without a relevant item in the top R out of the mean (default: AP 0).
     query_chunk: queries per device step.
     method: 'auto' | 'counting' | 'sort' (see `average_precision`).
+    backend: 'auto' | 'jax' | 'faiss' (see `average_precision`).
 
   Returns:
     The mean AP as a Python float.
   """
   ap, n_rel = average_precision(
-    q_codes, db_codes, q_labels, db_labels, bits=bits, R=R, query_chunk=query_chunk, method=method
+    q_codes,
+    db_codes,
+    q_labels,
+    db_labels,
+    bits=bits,
+    R=R,
+    query_chunk=query_chunk,
+    method=method,
+    backend=backend,
   )
   return _mean_kept(ap, n_rel > 0 if drop_no_relevant else None)
 
@@ -811,6 +1015,7 @@ def evaluate_codes(
   pr_rank_points: int = 100,
   pr_rank_max: int = 0,
   method: str = "auto",
+  backend: str = "auto",
 ) -> dict[str, Any]:
   """Every retrieval metric of one query set against one database (two chunked device passes).
 
@@ -832,13 +1037,17 @@ def evaluate_codes(
     pr_rank_max: last rank position of the PR-by-rank curve (0: D).
     method: 'auto' | 'counting' | 'sort' (see `average_precision`); the counting method computes every
       number in two scans whatever R and the curves ask for.
+    backend: 'auto' | 'jax' | 'faiss' (see `average_precision`): with FAISS, one JAX histogram scan and FAISS
+      top-L lists, L the longest ranked prefix any metric needs (R, the largest K, the last PR-by-rank
+      position, the largest Hamming ball); JAX ranks everything when L reaches D (mAP@all, or a PR-by-rank
+      curve over the whole database, the default).
 
   Returns:
     dict of numpy values: scalars 'map' (mAP@R), 'precision_radius', 'recall_radius', 'map_radius' (the ball
     of `radius`), 'map_expected_ties' (if requested); per-query 'ap', 'ap_kept' (bool, the queries in the
     mAP mean), 'ap_expected_ties' (if requested); curves 'precision_at_k_k', 'precision_at_k',
     'pr_rank_position', 'pr_rank_precision', 'pr_rank_recall', 'pr_radius_radius', 'pr_radius_precision',
-    'pr_radius_recall'.
+    'pr_radius_recall'; and 'backend', the backend that ranked ('jax' or 'faiss', a string).
   """
   qw, dw, ql, dl = _check_inputs(q_codes, db_codes, q_labels, db_labels, bits)
   n_q, n_db = qw.shape[0], dw.shape[0]
@@ -859,6 +1068,7 @@ def evaluate_codes(
     positions=positions,
     method=method,
     query_chunk=query_chunk,
+    backend=backend,
   )
   counts, rel_counts = raw["counts"], raw["rel_counts"]
   n_rel_all = rel_counts.sum(axis=1)
@@ -886,6 +1096,7 @@ def evaluate_codes(
     "pr_radius_radius": np.arange(bits + 1, dtype=np.int64),
     "pr_radius_precision": pr_p,
     "pr_radius_recall": pr_r,
+    "backend": raw["backend"],
   }
   if expected_ties:
     eap, p_any = expected_average_precision(counts, rel_counts, r_eff)

@@ -146,9 +146,21 @@ def test_format_results():
 def test_faiss_bytes_layout():
   rng = np.random.default_rng(0)
   bits = rng.integers(0, 2, (9, 20)).astype(bool)
-  by = index_lib.faiss_bytes(bits, 20)
+  tight = np.packbits(bits, axis=1, bitorder="little")
+  by = index_lib.faiss_bytes(bits, 20, pad_bits=8)
   assert by.dtype == np.uint8 and by.shape == (9, 3)
-  np.testing.assert_array_equal(by, np.packbits(bits, axis=1, bitorder="little"))
+  np.testing.assert_array_equal(by, tight)
+  # Default: zero-padded to a whole 64-bit word (FAISS's fast kernels); 80 bits take two words.
+  by64 = index_lib.faiss_bytes(bits, 20)
+  assert by64.shape == (9, 8) and by64.flags.c_contiguous
+  np.testing.assert_array_equal(by64[:, :3], tight)
+  assert not by64[:, 3:].any()
+  wide = rng.integers(0, 2, (4, 80)).astype(bool)
+  np.testing.assert_array_equal(
+    index_lib.faiss_bytes(wide, 80), np.pad(np.packbits(wide, axis=1, bitorder="little"), ((0, 0), (0, 6)))
+  )
+  with pytest.raises(ValueError, match="multiple of 8"):
+    index_lib.faiss_bytes(bits, 20, pad_bits=12)
 
 
 @pytest.mark.parametrize("k_bits", [12, 48])
@@ -157,14 +169,11 @@ def test_faiss_export_same_neighbours(k_bits):
   idx = make_index(n=200, k=k_bits, seed=11)
   q_bits = clustered_codes(12, 8, k_bits)
   fidx = index_lib.to_faiss(idx)
-  assert isinstance(fidx, faiss.IndexBinaryFlat) and fidx.ntotal == 200 and fidx.d == 8 * -(-k_bits // 8)
+  assert isinstance(fidx, faiss.IndexBinaryFlat) and fidx.ntotal == 200 and fidx.d == 64
   k = 15
-  f_dist, f_pos = fidx.search(index_lib.faiss_bytes(q_bits, k_bits), k)
-  ids, dists = index_lib.search(idx, q_bits, k)
-  np.testing.assert_array_equal(f_dist, dists)
-  for i in range(len(q_bits)):
-    kth = dists[i, -1]
-    inside = dists[i] < kth  # below the last distance the neighbour set is unique whatever the tie order
-    assert set(idx.ids[f_pos[i][inside]]) == set(ids[i][inside])
-    d_all = np.array([ref.hamming(q_bits[i], b) for b in unpack(idx)])
-    assert (d_all[f_pos[i]] == f_dist[i]).all()  # FAISS's boundary picks really are at that distance
+  ids, dists = index_lib.search(idx, q_bits, k, backend="jax")
+  for use_heap in (True, False):
+    fidx.use_heap = use_heap
+    f_dist, f_pos = fidx.search(index_lib.faiss_bytes(q_bits, k_bits), k)
+    np.testing.assert_array_equal(f_dist, dists)
+    np.testing.assert_array_equal(idx.ids[f_pos], ids)  # ties by position, as `search` breaks them

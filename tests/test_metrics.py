@@ -162,6 +162,23 @@ def test_class_id_labels_and_padding_bits_ignored():
   np.testing.assert_allclose(metrics.average_precision(qw, dw, qc, dc, bits=k)[0], want["ap"], atol=1e-6)
 
 
+@pytest.mark.parametrize("n_cls", [31, 32, 33, 70])
+def test_labels_over_several_words(n_cls):
+  """Label sets are packed 32 labels a word: relevance is right at and across word boundaries, for float,
+  bool and integer multi-hot labels."""
+  q, db, q_l, db_l = make_case(n_cls, 24, 6, 40, n_cls=n_cls)
+  rng = np.random.default_rng(n_cls)
+  q_l[3] = 0.0
+  q_l[3, n_cls - 1] = 1.0  # only the last label: relevant exactly to the items that have it
+  db_l[rng.integers(0, 40, 8), n_cls - 1] = 1.0
+  want = ref.metrics(q, db, q_l, db_l, R=10)
+  assert want["n_rel"][3] > 0
+  for ql, dl in [(q_l, db_l), (q_l > 0, db_l > 0), (q_l.astype(np.int8), db_l.astype(np.int8))]:
+    ap, n_rel = metrics.average_precision(q, db, ql, dl, bits=24, R=10, backend="jax")
+    np.testing.assert_allclose(ap, want["ap"], atol=1e-6)
+    np.testing.assert_array_equal(n_rel, want["n_rel"])
+
+
 def test_input_validation():
   q = np.zeros((3, 1), np.uint32)
   with pytest.raises(ValueError, match="bits=48"):
@@ -174,6 +191,8 @@ def test_input_validation():
     metrics.as_code_words(np.zeros((3, 12), np.float32), 12)
   with pytest.raises(ValueError, match="method"):
     metrics.mean_average_precision(q, q, np.ones((3, 2)), np.ones((3, 2)), bits=12, method="fast")
+  with pytest.raises(ValueError, match=r"backend must be one of auto \| jax \| faiss"):
+    metrics.mean_average_precision(q, q, np.ones((3, 2)), np.ones((3, 2)), bits=12, R=1, backend="fast")
 
 
 @pytest.mark.parametrize("R", [0, 3, 5, 8])
