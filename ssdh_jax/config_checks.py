@@ -11,7 +11,7 @@ from typing import Any
 
 import ml_collections
 
-from ssdh_jax import losses, metrics, models, preprocessing
+from ssdh_jax import losses, models, preprocessing, ranking
 
 Rule = Callable[[Any], str | None]  # returns what is wrong, or None
 
@@ -175,7 +175,7 @@ def check_config(config: ml_collections.ConfigDict | Mapping[str, Any]) -> None:
       problem = rule(node)
       if problem:
         raise ValueError(f"config.{path}: {problem}")
-  if "eval" in config and config["eval"].get("backend") == "faiss" and metrics.faiss_module() is None:
+  if "eval" in config and config["eval"].get("backend") == "faiss" and ranking.faiss_module() is None:
     raise ValueError(
       "config.eval.backend: 'faiss' needs FAISS, which is not installed: pip install faiss-cpu"
     )

@@ -28,7 +28,7 @@ import numpy as np
 from jax import Array, lax
 from jax.typing import ArrayLike
 
-from ssdh_jax import metrics
+from ssdh_jax import metrics, ranking
 
 FORMAT = "ssdh_jax.index"
 _MAX_UNROLLED_BLOCKS = 16  # search loops over more database blocks than this with lax.map (slower, small HLO)
@@ -60,7 +60,7 @@ class CodeIndex:
     meta["bits"] = bits
     for key in _REQUIRED_META[1:]:
       meta.setdefault(key, "")
-    codes = np.asarray(metrics.as_code_words(self.codes, bits), np.uint32)
+    codes = np.asarray(ranking.as_code_words(self.codes, bits), np.uint32)
     ids = np.asarray(self.ids).astype(np.int64).reshape(-1)
     if ids.shape[0] != codes.shape[0]:
       raise ValueError(f"{codes.shape[0]} codes but {ids.shape[0]} ids")
@@ -141,7 +141,7 @@ def load_index(path: str, bits: int | None = None, *, expect: Mapping[str, Any] 
   for key, want in (expect or {}).items():
     if meta.get(key) != want:
       raise ValueError(f"{path}: index {key} is {meta.get(key)!r}, expected {want!r}")
-  w = metrics.num_words(int(meta["bits"]))
+  w = ranking.num_words(int(meta["bits"]))
   if arrays["codes"].dtype != np.uint32 or arrays["codes"].ndim != 2 or arrays["codes"].shape[1] != w:
     raise ValueError(
       f"{path}: codes of shape {arrays['codes'].shape} / {arrays['codes'].dtype} do not hold "
@@ -158,7 +158,7 @@ def _query_words(index: CodeIndex, query_codes: ArrayLike) -> Array:
   q = jnp.asarray(query_codes)
   if q.ndim == 1:
     q = q[None]
-  return metrics.as_code_words(q, index.bits)
+  return ranking.as_code_words(q, index.bits)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "block", "chunk"))
@@ -170,25 +170,25 @@ def _knn_device(q_words: Array, db_words: Array, *, k: int, block: int, chunk: i
 
   def per_chunk(qw):
     if n_blocks == 1 and tail == 0:
-      return metrics._stable_prefix(metrics._hamming(qw, db_words), k, max_dist)
+      return ranking.stable_prefix(ranking.hamming(qw, db_words), k, max_dist)
     parts_i, parts_d = [], []
     if 0 < n_blocks <= _MAX_UNROLLED_BLOCKS:
       # Static slices: XLA CPU runs these several times faster than a loop over a dynamic block index.
       for b in range(n_blocks):
-        idx, d = metrics._stable_prefix(
-          metrics._hamming(qw, db_words[b * block : (b + 1) * block]), k, max_dist
+        idx, d = ranking.stable_prefix(
+          ranking.hamming(qw, db_words[b * block : (b + 1) * block]), k, max_dist
         )
         parts_i.append(idx + b * block)
         parts_d.append(d)
     elif n_blocks:
       blocks = db_words[: n_blocks * block].reshape(n_blocks, block, db_words.shape[1])
-      idx, d = lax.map(lambda blk: metrics._stable_prefix(metrics._hamming(qw, blk), k, max_dist), blocks)
+      idx, d = lax.map(lambda blk: ranking.stable_prefix(ranking.hamming(qw, blk), k, max_dist), blocks)
       idx = idx + (jnp.arange(n_blocks, dtype=jnp.int32) * block)[:, None, None]
       parts_i.append(jnp.transpose(idx, (1, 0, 2)).reshape(qw.shape[0], -1))
       parts_d.append(jnp.transpose(d, (1, 0, 2)).reshape(qw.shape[0], -1))
     if tail:
-      idx, d = metrics._stable_prefix(
-        metrics._hamming(qw, db_words[n_blocks * block :]), min(k, tail), max_dist
+      idx, d = ranking.stable_prefix(
+        ranking.hamming(qw, db_words[n_blocks * block :]), min(k, tail), max_dist
       )
       parts_i.append(idx + n_blocks * block)
       parts_d.append(d)
@@ -198,7 +198,7 @@ def _knn_device(q_words: Array, db_words: Array, *, k: int, block: int, chunk: i
     _, sel = lax.top_k(-cat_d.astype(jnp.float32), k)
     return jnp.take_along_axis(cat_i, sel, axis=1), jnp.take_along_axis(cat_d, sel, axis=1)
 
-  return metrics._map_queries(per_chunk, (q_words,), chunk)
+  return ranking.map_queries(per_chunk, (q_words,), chunk)
 
 
 def knn(
@@ -228,8 +228,8 @@ def knn(
     positions (Q, k) int32 into the database and distances (Q, k) int32, ordered by (distance, position)
     (jax Arrays, or NumPy arrays from FAISS).
   """
-  dw = metrics.as_code_words(db_codes, bits)
-  qw = metrics.as_code_words(query_codes, bits)
+  dw = ranking.as_code_words(db_codes, bits)
+  qw = ranking.as_code_words(query_codes, bits)
   n = dw.shape[0]
   if n == 0:
     raise ValueError("empty index")
@@ -241,7 +241,7 @@ def knn(
       np.concatenate([p[2] for p in parts]).astype(np.int32),
     )
   block = max(k, n if n <= db_block else int(db_block))
-  chunk = metrics._chunk_size(query_chunk, qw.shape[0], block, dw)
+  chunk = ranking.chunk_size(query_chunk, qw.shape[0], block, dw)
   return _knn_device(qw, dw, k=k, block=block, chunk=chunk)
 
 
@@ -281,9 +281,9 @@ def search(
 @functools.partial(jax.jit, static_argnames=("chunk",))
 def _ball_sizes(q_words, db_words, radius, *, chunk):
   def body(qw):
-    return jnp.sum(metrics._hamming(qw, db_words) <= radius, axis=1, dtype=jnp.int32)
+    return jnp.sum(ranking.hamming(qw, db_words) <= radius, axis=1, dtype=jnp.int32)
 
-  return metrics._map_queries(body, (q_words,), chunk)
+  return ranking.map_queries(body, (q_words,), chunk)
 
 
 def range_search(
@@ -303,7 +303,7 @@ def range_search(
   qw = _query_words(index, query_codes)
   dw = jnp.asarray(index.codes)
   n = dw.shape[0]
-  chunk = metrics._chunk_size(query_chunk, qw.shape[0], n, dw)
+  chunk = ranking.chunk_size(query_chunk, qw.shape[0], n, dw)
   sizes = np.asarray(_ball_sizes(qw, dw, jnp.int32(radius), chunk=chunk))
   largest = int(sizes.max(initial=0))
   if largest == 0:
@@ -359,7 +359,7 @@ def faiss_bytes(codes: ArrayLike, bits: int, *, pad_bits: int = 64) -> np.ndarra
   """
   if pad_bits % 8 or pad_bits <= 0:
     raise ValueError(f"pad_bits must be a positive multiple of 8; got {pad_bits}")
-  words = np.asarray(metrics.as_code_words(codes, bits), np.uint32)
+  words = np.asarray(ranking.as_code_words(codes, bits), np.uint32)
   by = words.astype("<u4").view(np.uint8).reshape(words.shape[0], -1)  # padding bits are zero
   n_bytes = pad_bits // 8 * -(-bits // pad_bits)
   by = np.pad(by, ((0, 0), (0, max(0, n_bytes - by.shape[1]))))

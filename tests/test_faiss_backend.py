@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from ssdh_jax import config_checks, evaluate, metrics
+from ssdh_jax import config_checks, evaluate, metrics, ranking
 from ssdh_jax import index as index_lib
 
 BITS = 16  # 17 possible distances over 2,000 items: every distance group is a large tie
@@ -123,7 +123,7 @@ def test_faiss_evaluate_codes_equals_jax(faiss_algorithm):
 
 def test_auto_backend_choice():
   x = metrics.as_code_words(np.zeros((4, BITS), bool), BITS)
-  installed = metrics.faiss_module() is not None
+  installed = ranking.faiss_module() is not None
   n = 193_734
   assert metrics.resolve_backend("auto", x, 5000, n) == ("faiss" if installed else "jax")  # mAP@5000
   assert metrics.resolve_backend("auto", x, 100, n) == "jax"  # top-100: the JAX strided top_k is faster
@@ -149,7 +149,7 @@ def test_bad_backend_is_a_clear_error(monkeypatch):
   ):
     config_checks.check_config(c)
   c.eval.backend = "faiss"
-  monkeypatch.setattr(metrics, "faiss_module", lambda: None)  # as if FAISS were not installed
+  monkeypatch.setattr(ranking, "faiss_module", lambda: None)  # as if FAISS were not installed
   with pytest.raises(ValueError, match=r"^config\.eval\.backend: .*pip install faiss-cpu$"):
     config_checks.check_config(c)
   with pytest.raises(ImportError, match="pip install faiss-cpu"):

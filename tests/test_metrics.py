@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ssdh_jax import metrics
+from ssdh_jax import metrics, ranking
 
 _SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -115,14 +115,14 @@ def test_sort_fallback_and_chunk_cap(monkeypatch):
   rel = np.array(want["rel"], np.int32)
   # A max distance too large for the packed int32 key forces the stable multi-operand sort.
   for max_dist in (k, 1 << 30):
-    idx, payload = metrics._stable_prefix(dist, n_db, max_dist, payload=rel)
+    idx, payload = ranking.stable_prefix(dist, n_db, max_dist, payload=rel)
     np.testing.assert_array_equal(idx, want["order"])
     np.testing.assert_array_equal(payload, [[r[j] for j in o] for r, o in zip(rel, want["order"])])
-    idx, d = metrics._stable_prefix(dist, 30, max_dist)
+    idx, d = ranking.stable_prefix(dist, 30, max_dist)
     np.testing.assert_array_equal(
       d, [[row[j] for j in o[:30]] for row, o in zip(want["dist"], want["order"])]
     )
-  monkeypatch.setattr(metrics, "_MAX_CHUNK_ELEMS", 2 * n_db)  # chunk of 2 queries
+  monkeypatch.setattr(ranking, "_MAX_CHUNK_ELEMS", 2 * n_db)  # chunk of 2 queries
   ap, _ = metrics.average_precision(q, db, q_l, db_l, bits=k, query_chunk=256, method="sort")
   np.testing.assert_allclose(ap, want["ap"], atol=1e-6)
 
@@ -135,7 +135,7 @@ def test_grouped_prefix_is_exact(groups):
   want = ref.metrics(q, db, q_l, db_l)
   dist = metrics.hamming_distances(q, db, bits=k)
   rel = np.array(want["rel"], np.int32)
-  grouped = jax.jit(metrics._grouped_prefix, static_argnames=("length", "max_dist", "groups"))
+  grouped = jax.jit(ranking.grouped_prefix, static_argnames=("length", "max_dist", "groups"))
   for length in (1, 5, 12, 203 // groups):
     idx, d = grouped(dist, length=length, max_dist=k, payload=None, groups=groups)
     np.testing.assert_array_equal(idx, [o[:length] for o in want["order"]])

@@ -608,7 +608,7 @@ def test_vgg_f_npz_errors_name_keys_and_file(tmp_path):
   msg = str(err.value)
   assert "f.npz" in msg and "missing tensor 'conv1_b'" in msg and "unexpected tensor 'conv9_w'" in msg
   assert "tensor 'conv1_w' has shape (11, 11, 3, 63), expected (11, 11, 3, 64)" in msg
-  with pytest.raises(ValueError, match="alexnet.*no .npz weight layout"):
+  with pytest.raises(ValueError, match=r"alexnet.*no \.npz weight layout"):
     weights.load_pretrained(_eval_shape_vars(models.build_backbone("alexnet"), 224), path, "alexnet")
 
 
