@@ -357,12 +357,8 @@ def faiss_bytes(codes: ArrayLike, bits: int, *, pad_bits: int = 64) -> np.ndarra
   Returns:
     (N, pad_bits / 8 * ceil(bits / pad_bits)) uint8, C-contiguous.
   """
-  if pad_bits % 8 or pad_bits <= 0:
-    raise ValueError(f"pad_bits must be a positive multiple of 8; got {pad_bits}")
-  words = np.asarray(ranking.as_code_words(codes, bits), np.uint32)
-  by = words.astype("<u4").view(np.uint8).reshape(words.shape[0], -1)  # padding bits are zero
-  n_bytes = pad_bits // 8 * -(-bits // pad_bits)
-  by = np.pad(by, ((0, 0), (0, max(0, n_bytes - by.shape[1]))))
+  by = ranking.faiss_code_bytes(ranking.as_code_words(codes, bits), pad_bits)  # padding bits are zero
+  n_bytes = pad_bits // 8 * -(-bits // pad_bits)  # whole uint32 words may hold more bytes than that
   return np.ascontiguousarray(by[:, :n_bytes])
 
 
