@@ -372,6 +372,12 @@ def ssdh_sample(
   out["emb_pos"] = order.gather(1, q_pos[:, None])[:, 0]
   out["emb_neg"] = order.gather(1, q_neg[:, None])[:, 0]
   out["emb_pos_rank"], out["emb_neg_rank"] = q_pos, q_neg
+  graph_filter = (
+    cfg.get("graph_filter", "none") if isinstance(cfg, Mapping) else getattr(cfg, "graph_filter", "none")
+  )
+  if graph_filter != "none":
+    raise NotImplementedError(f"torch_ref ports loss.graph_filter='none' only, not {graph_filter!r}")
+  out["emb_neg_valid"] = torch.ones(n, dtype=torch.bool, device=dev)  # no class-agreement filter: all valid
 
   yb = labels > 0.5
   zeros_i = torch.zeros(n, dtype=torch.int64, device=dev)
