@@ -6,7 +6,7 @@ STAMP := $(VENV)/.ssdh-installed
 CORE := $(VENV)/.ssdh-core-installed
 WORKDIR ?= workdir/demo
 
-.PHONY: demo test test-fast bench quality quality-pretrained lint format venv clean
+.PHONY: demo test test-fast bench gpu-suite-prepare gpu-suite-dry quality quality-pretrained lint format venv clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,14 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) $$b --quick || exit 1; done
+
+# The accelerator suite (train steps vs PyTorch, mAP@5000, a short MobileNetV2 quality run): `gpu-suite-prepare`
+# fills the ignored .carry/ folder (wheels, weights, CIFAR-10) here; carry it to the GPU machine and run
+# `bash bench/gpu_suite.sh` there. `gpu-suite-dry` runs the same suite on this CPU at tiny sizes.
+gpu-suite-prepare: $(STAMP)
+	bash bench/gpu_suite.sh --prepare
+gpu-suite-dry: $(STAMP)
+	bash bench/gpu_suite.sh --dry-run
 
 # Retrieval-quality grid on real CIFAR-10 (../shared/data/cifar10-jpeg.tar.xz); about 1.5 h on 2 CPU cores.
 # Resumable: runs already listed in workdir/quality/rows.jsonl are not repeated.
