@@ -23,6 +23,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -78,18 +79,31 @@ class Worker:
     self.info = self._read(timeout, expect_ready=True)
 
   def _read(self, timeout: float, expect_ready: bool = False) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+    # readline blocks, so the deadline is a timer that kills the worker; the read then sees end of file.
+    expired = threading.Event()
+
+    def expire() -> None:
+      expired.set()
+      self.proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
     assert self.proc.stdout is not None
-    while time.monotonic() < deadline:
-      line = self.proc.stdout.readline()
-      if not line:
-        raise RuntimeError(f"worker {self.argv} exited ({self.proc.poll()}) before answering")
-      if expect_ready and line.startswith(READY):
-        rest = line[len(READY) :].strip()
-        return json.loads(rest) if rest else {}
-      if line.startswith(RESULT):
-        return json.loads(line[len(RESULT) :])
-    raise TimeoutError(f"worker {self.argv}: no answer in {timeout:.0f} s")
+    try:
+      while True:
+        line = self.proc.stdout.readline()
+        if not line:
+          if expired.is_set():
+            raise TimeoutError(f"worker {self.argv}: no answer in {timeout:.0f} s (killed)")
+          raise RuntimeError(f"worker {self.argv} exited ({self.proc.wait()}) before answering")
+        if expect_ready and line.startswith(READY):
+          rest = line[len(READY) :].strip()
+          return json.loads(rest) if rest else {}
+        if line.startswith(RESULT):
+          return json.loads(line[len(RESULT) :])
+    finally:
+      timer.cancel()
 
   def __call__(self, n: int = 1) -> list[float]:
     assert self.proc.stdin is not None
