@@ -177,8 +177,8 @@ def init_variables(model: nn.Module, key: jax.Array, image_size: int, batch: int
   params_key, dropout_key = jax.random.split(key)
   x = jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
   init = jax.jit(lambda k1, k2, x: model.init({"params": k1, "dropout": k2}, x, train=False))
-  # The initialiser runs once: compiling it without backend optimisations cuts its compile time 2-3x on CPU
-  # (small_cnn 9 s -> 3 s, mobilenet_v2 23 s -> 12 s) for a program that then takes well under a second.
+  # The initialiser runs once: compiling it without backend optimisations cuts its compile time on CPU
+  # (bench/bench_startup.py) for a program that then takes well under a second.
   if isinstance(params_key, jax.core.Tracer):  # under a transformation (e.g. eval_shape): no compile here
     return dict(init(params_key, dropout_key, x))
   compiled = init.lower(params_key, dropout_key, x).compile(compiler_options=INIT_COMPILER_OPTIONS)
