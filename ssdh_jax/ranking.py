@@ -19,6 +19,8 @@ import numpy as np
 from jax import Array, lax
 from jax.typing import ArrayLike
 
+from ssdh_jax import hashing
+
 # query_chunk x D is kept below this many elements: the (chunk, D) distance, relevance and sort buffers are
 # a few bytes each per element, so one chunk stays well under 1 GiB on CPU (4 GiB on an accelerator).
 _MAX_CHUNK_ELEMS = 1 << 26
@@ -53,12 +55,7 @@ def as_code_words(codes: ArrayLike, bits: int) -> Array:
   if x.dtype == jnp.uint32 and x.shape[1] == w:
     words = x
   elif x.shape[1] == bits and (x.dtype == jnp.bool_ or jnp.issubdtype(x.dtype, jnp.integer)):
-    b = x != 0
-    pad = w * 32 - bits
-    if pad:
-      b = jnp.concatenate([b, jnp.zeros((b.shape[0], pad), bool)], axis=1)
-    b = b.reshape(b.shape[0], w, 32).astype(jnp.uint32)
-    words = jnp.sum(b << jnp.arange(32, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
+    words = hashing.pack_bits(x != 0)  # the one packing of codes into words
   else:
     raise ValueError(
       f"codes of shape {x.shape} and dtype {x.dtype} do not match bits={bits}: expected packed uint32 "
