@@ -5,7 +5,7 @@ in its own persistent worker process with its own XLA_FLAGS, one thread each, al
 after an untimed compile and warm-up; the workers are then timed in alternating rounds and each variant is
 reported as t_variant / t_default (< 1: the option helps) with median (IQR; min–max).
 
-  .venv/bin/python bench/bench_cpu_flags.py [--backbones small_cnn,mobilenet_v2] [--rounds 8]
+  .venv/bin/python bench/bench_cpu_flags.py [--quick] [--backbones small_cnn,mobilenet_v2] [--rounds 8]
 
 Variants: oneDNN thunks for matmuls and convolutions (`--xla_cpu_use_onednn`), unsafe fast math
 (`--xla_cpu_enable_fast_math`), XNNPACK off (`--xla_cpu_use_xnnpack=false`, on by default), the fast-runtime
@@ -41,7 +41,12 @@ def main() -> None:
   ap.add_argument("--variants", default=",".join(VARIANTS))
   ap.add_argument("--rounds", type=int, default=8)
   ap.add_argument("--per-round", type=int, default=2)
+  ap.add_argument(
+    "--quick", action="store_true", help="small_cnn, default vs oneDNN, 3 rounds (`make bench`)"
+  )
   args = ap.parse_args()
+  if args.quick:
+    args.backbones, args.variants, args.rounds = "small_cnn", "default,onednn", 3
   names = [v for v in args.variants.split(",") if v]
   if "default" not in names:
     names.insert(0, "default")
