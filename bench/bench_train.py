@@ -45,7 +45,6 @@ import platform
 import signal
 import statistics
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -458,25 +457,13 @@ class TimedWorker(paired.Worker):
 
   def __init__(self, argv: list[str], env: dict[str, str], timeout: float):
     self.error = ""
-    self.timed_out = False
-    timer = threading.Timer(timeout, self._expire)
-    timer.daemon = True
-    timer.start()
     try:
-      super().__init__(argv, env=env, timeout=timeout)
+      super().__init__(argv, env=env, timeout=timeout)  # paired.Worker's deadline calls self.kill()
+    except TimeoutError:
+      raise TimeoutError(f"not ready after {timeout:.0f} s (build + compile + warm-up); killed") from None
     except BaseException:
       self.kill()
-      if self.timed_out:
-        raise TimeoutError(f"not ready after {timeout:.0f} s (build + compile + warm-up); killed") from None
       raise
-    finally:
-      timer.cancel()
-
-  def _expire(self) -> None:
-    proc = getattr(self, "proc", None)
-    if proc is not None and proc.poll() is None:
-      self.timed_out = True
-      self.kill()
 
   def kill(self) -> None:
     proc = getattr(self, "proc", None)

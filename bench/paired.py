@@ -84,7 +84,7 @@ class Worker:
 
     def expire() -> None:
       expired.set()
-      self.proc.kill()
+      self.kill()
 
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
@@ -119,7 +119,13 @@ class Worker:
         self.proc.stdin.flush()
         self.proc.wait(timeout=30)
       except (OSError, subprocess.TimeoutExpired):
-        self.proc.kill()
+        self.kill()
+
+  def kill(self) -> None:
+    """Ends the worker now (what a missed deadline does; subclasses may kill a whole process group)."""
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait()
 
 
 def serve(
