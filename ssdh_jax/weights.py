@@ -47,6 +47,7 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
+from ssdh_jax import models
 from ssdh_jax.models import layout
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -369,15 +370,14 @@ def save_torch_state_dict(state: Mapping[str, np.ndarray], path: str | os.PathLi
 # ------------------------------------------------------------------------------------------ layouts
 
 
-def _spec(model_name: str):
-  from ssdh_jax import models  # lazy: models do not need this module
-
-  return models.backbone_spec(model_name)
+def _spec(model_name: str) -> models.BackboneSpec | None:
+  """The registered backbone's spec, or None for a name nothing registered."""
+  return models.backbone_spec(model_name) if model_name in models.available_backbones() else None
 
 
 def _layers_for(model_name: str, fmt: str) -> tuple[list[layout.Layer], str]:
   """The backbone module's layout for a checkpoint format ('torch' or 'npz') and its key separator."""
-  spec = _spec(model_name)
+  spec = models.backbone_spec(model_name)  # an unknown name: the registry's error
   make = spec.npz_layout if fmt == "npz" else spec.torch_layout
   if make is None:
     have = [n for n in ("torch", "npz") if getattr(spec, f"{n}_layout") is not None]
@@ -582,18 +582,15 @@ def load_pretrained(variables: Mapping[str, Any], path: str | os.PathLike, model
 
 def torchvision_models() -> list[str]:
   """Registered backbones with a published torchvision checkpoint (`BackboneSpec.torchvision_url`)."""
-  from ssdh_jax import models
-
-  return [n for n in models.available_backbones() if _spec(n).torchvision_url]
+  return [n for n in models.available_backbones() if models.backbone_spec(n).torchvision_url]
 
 
 def _torchvision_url(model_name: str) -> str:
-  from ssdh_jax import models
-
-  if model_name not in models.available_backbones() or not _spec(model_name).torchvision_url:
+  spec = _spec(model_name)
+  if spec is None or not spec.torchvision_url:
     raise ValueError(f"backbone {model_name!r} has no torchvision checkpoint (those that do: "
                      f"{', '.join(torchvision_models())})")  # fmt: skip
-  return _spec(model_name).torchvision_url
+  return spec.torchvision_url
 
 
 def packaged_weights(model_name: str) -> str | None:
@@ -601,11 +598,10 @@ def packaged_weights(model_name: str) -> str | None:
   `BackboneSpec.packaged`), else None."""
   import importlib.util
 
-  from ssdh_jax import models
-
-  if model_name not in models.available_backbones() or _spec(model_name).packaged is None:
+  backbone = _spec(model_name)
+  if backbone is None or backbone.packaged is None:
     return None
-  module, inside, _ = _spec(model_name).packaged
+  module, inside, _ = backbone.packaged
   spec = importlib.util.find_spec(module)
   if spec is None or not spec.submodule_search_locations:
     return None
@@ -642,7 +638,7 @@ def resolve_pretrained(spec: str, model_name: str, *, download: bool = True) -> 
   cached = os.path.join(_cache_dir(), os.path.basename(url))
   if os.path.exists(cached):
     return cached
-  packaged = _spec(name).packaged
+  packaged = _spec(name).packaged  # `name` passed the torchvision_models() check above
   how = f"download {url} into {_cache_dir()}/" + (f", or `{packaged[2]}`" if packaged else "")
   if not download:
     raise FileNotFoundError(f"config.model.pretrained={spec!r}: no local copy; {how}")
