@@ -465,6 +465,20 @@ def summary(rows: list[dict]) -> list[str]:
   return out
 
 
+CORE_METHODS = ("ssdh", "supervised", "dpsh", "itq", "lsh")  # issue 12's grid, without remedies or --e2e
+
+
+def core_grid_line(rows: list[dict], extraction: float) -> str:
+  """The wall time of the core grid alone (CORE_METHODS): what `make quality*` costs without the remedies."""
+  walls = [r["wall_s"] for r in rows if r["method"] in CORE_METHODS and np.isfinite(r.get("wall_s", np.nan))]
+  total = sum(walls) + extraction
+  return (
+    f"Core grid ({', '.join(CORE_METHODS)}): {len(walls)} runs, {sum(walls) / 60:.0f} min"
+    + (f" + {extraction / 60:.0f} min extraction" if extraction else "")
+    + f" = {total / 3600:.2f} h."
+  )
+
+
 def table(rows: list[dict], header: str) -> str:
   cols = [
     "method",
@@ -499,6 +513,7 @@ def table(rows: list[dict], header: str) -> str:
     f"Grid wall time: {len(walls)} runs, {sum(walls) / 60:.0f} min summed over the rows' wall_s"
     + (f" + {extraction / 60:.0f} min one-off feature extraction" if extraction else "")
     + f" = {(sum(walls) + extraction) / 3600:.2f} h.",
+    core_grid_line(rows, extraction),
     "",
     *summary(rows),
   ]
