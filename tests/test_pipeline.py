@@ -185,6 +185,21 @@ def test_host_crop_flip_with_resize_matches_pil_and_eval_centre_crop():
   np.testing.assert_array_equal(pipeline.eval_images(list(imgs[:2]), c), resized[:2, 1:12, 1:12])
 
 
+@pytest.mark.parametrize("src_hw", [(9, 9), (7, 11), (40, 24)])
+def test_host_crop_flip_power_of_two_resize_is_pils_resize_then_crop(src_hw):
+  # resize_size 16 takes the box-resampling path (only the crop is computed); its pixels must be exactly a
+  # crop (+ flip) of PIL's resize of the whole image, upsampling and downsampling alike.
+  rng = np.random.default_rng(5)
+  imgs = rng.integers(0, 256, (12, *src_hw, 3), dtype=np.uint8)
+  c = _config(augment="crop_flip", image_size=13, resize_size=16)
+  resized = [np.asarray(Image.fromarray(im).resize((16, 16), Image.BILINEAR)) for im in imgs]
+  out = pipeline.host_augment(np.random.default_rng(6), list(imgs), c)
+  assert out.shape == (12, 13, 13, 3)
+  assert all(_is_crop_of(o, r) for o, r in zip(out, resized))
+  flipped = [not _is_crop_of(o, r, flips=(False,)) for o, r in zip(out, resized)]
+  assert 0 < sum(flipped) < 12
+
+
 def test_eval_transform_without_resize():
   rng = np.random.default_rng(3)
   big = rng.integers(0, 256, (13, 12, 3), dtype=np.uint8)

@@ -265,6 +265,22 @@ def _crop_flip_one(img: np.ndarray, size: int, uy: float, ux: float, flip: bool)
   return out[:, ::-1] if flip else out
 
 
+def _resized_crop_flip_one(img: np.ndarray, resize: int, size: int, u: np.ndarray) -> np.ndarray:
+  """The `size` crop at (u[0], u[1]) of `img` resized to resize x resize, flipped when u[2] < 0.5, computed
+  by resampling only the crop's box of the source (PIL's `box`), without computing the (resize² - size²)
+  pixels that the crop throws away. Bit-identical to resizing the whole image and cropping when resize is a
+  power of two (the only case `_augment_one` uses it for)."""
+  from PIL import Image
+
+  h, w = img.shape[:2]
+  y = int(_crop_offsets(np.asarray(u[0]), resize, size))
+  x = int(_crop_offsets(np.asarray(u[1]), resize, size))
+  sy, sx = h / resize, w / resize
+  box = (x * sx, y * sy, (x + size) * sx, (y + size) * sy)
+  out = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR, box=box))
+  return out[:, ::-1] if u[2] < 0.5 else out
+
+
 def eval_transform_one(img: np.ndarray, config: Any) -> np.ndarray:
   """Deterministic evaluation view of one uint8 (H,W,3) image -> uint8 (S,S,3), S = data.image_size."""
   d = _data_cfg(config)
@@ -307,6 +323,15 @@ def _augment_one(img: np.ndarray, u: np.ndarray, d: Any) -> np.ndarray:
   size, resize, mode = int(d.image_size), int(d.resize_size), d.augment
   if mode == "none":
     return eval_transform_one(img, d)
+  # A power-of-two resize makes the box coordinates exact binary fractions, so resampling only the crop's box
+  # gives PIL's pixels bit for bit (other sizes can round a box edge differently: off by one in some pixels).
+  if (
+    mode == "crop_flip"
+    and resize >= size
+    and resize & (resize - 1) == 0
+    and img.shape[:2] != (resize, resize)
+  ):
+    return _resized_crop_flip_one(img, resize, size, u)
   if resize > 0:
     img = _resize(img, resize)
   if mode == "crop_flip":
