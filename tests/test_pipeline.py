@@ -200,6 +200,25 @@ def test_host_crop_flip_power_of_two_resize_is_pils_resize_then_crop(src_hw):
   assert 0 < sum(flipped) < 12
 
 
+def test_host_crop_flip_from_files_decodes_at_own_size_and_matches_pil(tmp_path):
+  # Files with a power-of-two resize are decoded at their own size and only the crop's box is resampled; the
+  # pixels must equal decoding, resizing the whole image (PIL bilinear) and cropping.
+  rng = np.random.default_rng(8)
+  imgs = rng.integers(0, 256, (6, 20, 12, 3), dtype=np.uint8)
+  paths = []
+  for i, im in enumerate(imgs):
+    paths.append(str(tmp_path / f"{i}.png"))
+    Image.fromarray(im).save(paths[-1])
+  c = _config(augment="crop_flip", image_size=13, resize_size=16)
+  c.train.batch_size = 6
+  s = {"train_labeled": sources.Examples(paths, np.eye(2, dtype=np.float32)[[0, 1] * 3], np.arange(6))}
+  s["train_unlabeled"] = s["train_labeled"].subset(np.zeros(0, np.int64))
+  b = pipeline.train_batch(s, c, 0, 0)
+  resized = [np.asarray(Image.fromarray(im).resize((16, 16), Image.BILINEAR)) for im in imgs]
+  assert b["image"].shape == (6, 13, 13, 3)
+  assert all(_is_crop_of(o, resized[i]) for o, i in zip(b["image"], b["id"]))
+
+
 def test_eval_transform_without_resize():
   rng = np.random.default_rng(3)
   big = rng.integers(0, 256, (13, 12, 3), dtype=np.uint8)

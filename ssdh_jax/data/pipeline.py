@@ -265,6 +265,14 @@ def _crop_flip_one(img: np.ndarray, size: int, uy: float, ux: float, flip: bool)
   return out[:, ::-1] if flip else out
 
 
+def _crops_resized_box(d: Any) -> bool:
+  """Whether training crops resample only the crop's box of the source image (`_resized_crop_flip_one`).
+  A power-of-two resize makes the box coordinates exact binary fractions, so the box gives PIL's pixels bit
+  for bit (other sizes can round a box edge differently: off by one in some pixels)."""
+  resize = int(d.resize_size)
+  return d.augment == "crop_flip" and resize >= int(d.image_size) and resize & (resize - 1) == 0
+
+
 def _resized_crop_flip_one(img: np.ndarray, resize: int, size: int, u: np.ndarray) -> np.ndarray:
   """The `size` crop at (u[0], u[1]) of `img` resized to resize x resize, flipped when u[2] < 0.5, computed
   by resampling only the crop's box of the source (PIL's `box`), without computing the (resize² - size²)
@@ -323,14 +331,7 @@ def _augment_one(img: np.ndarray, u: np.ndarray, d: Any) -> np.ndarray:
   size, resize, mode = int(d.image_size), int(d.resize_size), d.augment
   if mode == "none":
     return eval_transform_one(img, d)
-  # A power-of-two resize makes the box coordinates exact binary fractions, so resampling only the crop's box
-  # gives PIL's pixels bit for bit (other sizes can round a box edge differently: off by one in some pixels).
-  if (
-    mode == "crop_flip"
-    and resize >= size
-    and resize & (resize - 1) == 0
-    and img.shape[:2] != (resize, resize)
-  ):
+  if _crops_resized_box(d) and img.shape[:2] != (resize, resize):
     return _resized_crop_flip_one(img, resize, size, u)
   if resize > 0:
     img = _resize(img, resize)
@@ -566,7 +567,9 @@ def train_batch(
       out = _augment_batch(gathered, u, d)
     if out is None:
       out = np.empty((m, size, size, 3), np.uint8)
-      fn = lambda i: _augment_one(_source_image(src_ex[i], src_row[i], resize), u[i], d)
+      # Files are decoded at their own size when the crop's box is resampled from them directly.
+      decode_size = 0 if _crops_resized_box(d) else resize
+      fn = lambda i: _augment_one(_source_image(src_ex[i], src_row[i], decode_size), u[i], d)
       _fill(out, fn, heavy, executor)
 
   labels = np.concatenate([lab.labels[lab_rows], np.zeros((n_unl, lab.labels.shape[1]), np.float32)])
