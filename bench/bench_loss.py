@@ -1,11 +1,22 @@
-"""Time of the jitted SSDH loss + its gradient (and of its index selection alone) on the local backend.
+"""SSDH loss + gradient: ssdh_jax (jitted) vs the PyTorch port at its best, paired; and the JAX time split.
 
-    .venv/bin/python bench/bench_loss.py            # N = 128 … 8192; k = 48
-    .venv/bin/python bench/bench_loss.py --quick    # N = 128, 256, 1024; fewer repetitions
+    .venv/bin/python bench/bench_loss.py            # N = 128 … 8192; k = 48; 1 thread per side, 8 rounds
+    .venv/bin/python bench/bench_loss.py --quick    # N = 128, 256, 1024; 3 rounds
+    .venv/bin/python bench/bench_loss.py --threads 2
 
-Prints a Markdown table with the per-part split, each part its own jitted program: the online graph (the
-registered builder alone), the other index draws (rank triplets, pseudo-label pairs: all selection minus the
-graph, a difference of medians) and the terms with their gradient given fixed indices. `time_loss(n, k, ...)` is importable (e.g. to report the loss's share of a train step).
+Peer: `bench/torch_ref.ssdh_loss`, a vectorised PyTorch port of the same loss (same terms, normalisers and
+sampling rules; `bench_train.sanity_check` replays ssdh_jax's random words through it and gets the same indices
+and the same loss and gradients, printed first). Its configurations: eager, and torch.compile (inductor) where it
+compiles within the deadline; the faster is the peer at its best, chosen per N by a short interleaved run. Both
+sides run in this one process with the same thread count (`paired.pin_threads` before numpy / jax / torch are
+imported; torch.set_num_threads), timed in alternating rounds (bench/paired.py): t_PyTorch / t_ssdh_jax per
+round, median (IQR; min–max) — > 1 means ssdh_jax is faster. Each side computes the loss and its gradient with
+respect to the model outputs (codes, class logits) of a random batch of N rows, half labeled.
+
+A second table splits the JAX time (context, absolute): the online graph (the registered builder alone), the
+other index draws (rank triplets, pseudo-label pairs: all selection minus the graph, a difference of medians)
+and the terms with their gradient given fixed indices, each its own jitted program. `time_loss(n, k, ...)` is
+importable (bench_train reports the loss's share of a train step with it).
 """
 
 from __future__ import annotations
@@ -13,16 +24,41 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import paired
 
-from configs.default import get_config
-from ssdh_jax import graph, losses
+_ARGS = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+_ARGS.add_argument("--quick", action="store_true", help="N up to 1024 and 3 rounds (< 3 min on CPU)")
+_ARGS.add_argument("--k", type=int, default=48)
+_ARGS.add_argument(
+  "--loss", default="ssdh", help="registered loss name (the PyTorch peer exists for ssdh only)"
+)
+_ARGS.add_argument("--threads", type=int, default=1, help="threads per side (both sides, explicitly)")
+_ARGS.add_argument("--rounds", type=int, default=0, help="paired rounds (default 8; --quick: 3)")
+_ARGS.add_argument("--sizes", default="", help="comma-separated N (default: 128,256,1024,2048,4096,8192)")
+_ARGS.add_argument("--no-compile", action="store_true", help="skip the torch.compile configuration")
+_ARGS.add_argument(
+  "--peer-max-n", type=int, default=4096, help="largest N for the PyTorch port (it needs > 20 GB at N = 8192)"
+)
+_ARGS.add_argument(
+  "--compile-deadline", type=float, default=300.0, help="seconds for torch.compile's first call"
+)
+
+if __name__ == "__main__":
+  ARGS = _ARGS.parse_args()
+  CORES = paired.pin_threads(ARGS.threads)  # before numpy / jax / torch are imported
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs.default import get_config  # noqa: E402
+from ssdh_jax import graph, losses  # noqa: E402
 
 
 def make_inputs(n: int, k: int, num_classes: int = 10, labeled_fraction: float = 0.5, seed: int = 0):
@@ -98,20 +134,123 @@ def time_loss(
   return out
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument(
-    "--quick", action="store_true", help="N up to 1024 and fewer repetitions (< 2 min on CPU)"
-  )
-  parser.add_argument("--k", type=int, default=48)
-  parser.add_argument("--loss", default="ssdh", choices=losses.available_losses())
-  args = parser.parse_args(argv)
-  sizes = (128, 256, 1024) if args.quick else (128, 256, 1024, 2048, 4096, 8192)
+# ------------------------------------------------------------------------------------------------ the peer
+
+
+def torch_sides(
+  n: int, k: int, cfg, num_classes: int, threads: int, compile_: bool, deadline: float, seed: int = 0
+):
+  """{label: one loss + backward call} of the PyTorch port on the same random batch, and notes on what did
+  not run. torch.compile gets `deadline` seconds for its first call (compilation), else it is left out."""
+  import torch
+  import torch_ref
+
+  torch.set_num_threads(threads)
+  outputs, labels, labeled = make_inputs(n, k, num_classes, seed=seed)
+  tcfg = {**cfg.to_dict(), "neg_window": list(cfg.neg_window)}
+  codes = torch.from_numpy(np.array(outputs["codes"])).requires_grad_()
+  logits = torch.from_numpy(np.array(outputs["class_logits"])).requires_grad_()
+  lab, msk = torch.from_numpy(np.array(labels)), torch.from_numpy(np.array(labeled))
+
+  def loss_grad(o):
+    loss = torch_ref.ssdh_loss(o, lab, msk, tcfg)[0]
+    return torch.autograd.grad(loss, [o["codes"], o["class_logits"]])
+
+  sides = {"eager": lambda: loss_grad({"codes": codes, "class_logits": logits})}
+  notes = []
+  if compile_:
+    compiled = torch.compile(loss_grad, dynamic=False)  # specialised to this N, as jax.jit is
+    done, err = threading.Event(), []
+
+    def first_call():
+      try:
+        compiled({"codes": codes, "class_logits": logits})
+      except Exception as e:  # a graph that inductor cannot take is a finding, not a crash
+        err.append(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+      done.set()
+
+    t0 = time.perf_counter()
+    threading.Thread(target=first_call, daemon=True).start()
+    if not done.wait(deadline):
+      notes.append(f"N={n}: torch.compile did not finish its first call in {deadline:.0f} s; left out")
+    elif err:
+      notes.append(f"N={n}: torch.compile failed ({err[0]}); left out")
+    else:
+      notes.append(f"N={n}: torch.compile first call (compilation) {time.perf_counter() - t0:.1f} s")
+      sides["compile"] = lambda: compiled({"codes": codes, "class_logits": logits})
+  return sides, notes
+
+
+def jax_side(n: int, k: int, cfg, num_classes: int, seed: int = 0):
+  """One jitted loss + gradient call of ssdh_jax on the batch make_inputs gives (compiled here)."""
+  outputs, labels, labeled = make_inputs(n, k, num_classes, seed=seed)
+  fn = losses.get_loss(cfg.name)
+  step = jax.jit(jax.grad(lambda o, y, m, key: fn(o, y, m, key, cfg)[0]))
+  key = jax.random.PRNGKey(seed)
+  jax.block_until_ready(step(outputs, labels, labeled, key))
+  return lambda: jax.block_until_ready(step(outputs, labels, labeled, key))
+
+
+def main() -> None:
+  args = ARGS
+  rounds = args.rounds or (3 if args.quick else 8)
+  if args.sizes:
+    sizes = tuple(int(v) for v in args.sizes.split(","))
+  else:
+    sizes = (128, 256, 1024) if args.quick else (128, 256, 1024, 2048, 4096, 8192)
   cfg = get_config().loss
   cfg.name = args.loss
+  num_classes = 10
   dev = jax.devices()[0]
-  print(f"backend: {dev.platform} ({dev.device_kind}), {len(jax.devices())} device(s), jax {jax.__version__}")
-  print(f"loss: {cfg.name} ({cfg.variant}), k = {args.k}, labeled fraction 0.5, 10 classes\n")
+  print(f"Command: `python bench/bench_loss.py {' '.join(sys.argv[1:])}`  ")
+  print(f"{paired.machine_header(args.threads)}; cores {CORES}  ")
+  print(f"JAX {jax.__version__} ({dev.platform}); loss: {cfg.name} ({cfg.variant}), k = {args.k}, "
+        f"labeled fraction 0.5, {num_classes} classes\n")  # fmt: skip
+  peer = cfg.name == "ssdh"
+  if peer:
+    try:
+      import torch
+      from bench_train import sanity_check
+
+      print(f"PyTorch {torch.__version__}, {args.threads} thread(s). Numeric check: {sanity_check(cfg)}\n")
+    except ImportError as e:
+      peer = False
+      print(f"No PyTorch peer ({e}).\n")
+  if peer:
+    print(f"**t_PyTorch / t_ssdh_jax, loss + gradient w.r.t. the outputs** ({rounds} paired rounds per N; "
+          "the PyTorch configuration is the faster of those listed, chosen per N by 2 interleaved rounds)\n")  # fmt: skip
+    print("| N | peer at its best | ssdh_jax ms (context) | peer ms (context) | t_peer / t_ssdh_jax median (IQR; "
+          "min–max), n | other peer configs |")  # fmt: skip
+    print("|---:|---|---:|---:|---|---|")
+    notes = []
+    for n in sizes:
+      if n > args.peer_max_n:
+        notes.append(f"N={n}: no PyTorch row (--peer-max-n {args.peer_max_n}: the port's (N, N) int64 masks "
+                     "took the 24 GiB machine out of memory at N = 8192); ssdh_jax alone in the split below")  # fmt: skip
+        continue
+      per_round = 3 if n <= 1024 else 1
+      sides, why = torch_sides(n, args.k, cfg, num_classes, args.threads, not args.no_compile and n <= 4096,
+                               args.compile_deadline)  # fmt: skip
+      notes += why
+      for fn in sides.values():  # warm-up
+        fn()
+      jx = jax_side(n, args.k, cfg, num_classes)
+      if len(sides) > 1:
+        pick = paired.interleave(sides, 2, per_round=per_round)
+        best = min(pick, key=lambda name: float(np.median(pick[name])))
+      else:
+        best = "eager"
+      times = paired.interleave({"ssdh_jax": jx, best: sides[best]}, rounds, per_round=per_round)
+      others = ", ".join(
+        f"{name} {1e3 * float(np.median(pick[name])):.1f} ms" for name in sides if name != best
+      )
+      print(f"| {n} | torch_ref {best} | {1e3 * float(np.median(times['ssdh_jax'])):.1f} | "
+            f"{1e3 * float(np.median(times[best])):.1f} | {paired.ratio_summary(times, best, 'ssdh_jax')} | "
+            f"{others if len(sides) > 1 else 'eager only'} |", flush=True)  # fmt: skip
+    for note in notes:
+      print(f"- {note}")
+    print()
+  print("**ssdh_jax time split** (context, absolute: medians of repeated calls)\n")
   print(
     "| N | k | compile + first run (s) | loss + grad (ms) | selection only (ms) | graph (ms) | other draws (ms) "
     "| terms + grad (ms) | per anchor (µs) |"
