@@ -605,17 +605,8 @@ def main(args) -> None:
   if tmp is not None:
     tmp.cleanup()
 
-  cpu = "cpu"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  ctx["notes"].append(
-    f"{args.rounds} paired rounds per row (sides alternate, order reversed every round); "
-    f"{time.perf_counter() - t0:.0f} s for this thread count; load average at the end "
-    + ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  )
+  cpu = paired.cpu_model()
+  ctx["notes"].append(paired.rounds_note(args.rounds, t0))
   res = {
     "threads": threads,
     "n_images": len(paths),

@@ -407,17 +407,8 @@ def main(args) -> None:
   bench_search(ctx, 1_000_000, 100 if args.quick else 1000)
   if not args.quick:
     bench_search(ctx, 10_000_000, 100)
-  cpu = "cpu"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  ctx["notes"].append(
-    f"{args.rounds} paired rounds per row (sides alternate, order reversed every round); "
-    f"{time.perf_counter() - t0:.0f} s for this thread count; load average at the end "
-    + ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  )
+  cpu = paired.cpu_model()
+  ctx["notes"].append(paired.rounds_note(args.rounds, t0))
   res = {
     "threads": args.threads,
     "header": f"{header}; process bound to cores {CORES}",

@@ -61,6 +61,24 @@ def machine_header(threads: int) -> str:
   return f"{os.cpu_count()} cores ({cpu}), {threads} thread(s) per side, load average {load}"
 
 
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo), or 'cpu' where it cannot be read."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return "cpu"
+
+
+def rounds_note(rounds: int, started: float) -> str:
+  """The closing note of a paired run: rounds, wall time since `started` (perf_counter), load average now."""
+  return (
+    f"{rounds} paired rounds per row (sides alternate, order reversed every round); "
+    f"{time.perf_counter() - started:.0f} s for this thread count; load average at the end "
+    + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+  )
+
+
 class Worker:
   """A subprocess that times one side: it prints READY after its warm-up, then answers each "run N" line
   with `RESULT {"times": [...], ...}` (N timings in seconds)."""
