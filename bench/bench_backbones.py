@@ -6,6 +6,7 @@ logits → gradients w.r.t. all params, jitted, on random weights (values do not
 
   .venv/bin/python bench/bench_backbones.py [--quick] [--backbones vgg_f,mobilenet_v2] [--reps N]
   .venv/bin/python bench/bench_backbones.py --depthwise-compare [--dw-batch 8] [--dw-size 160] [--dw-pairs 10]
+  .venv/bin/python bench/bench_backbones.py --pointwise-compare [the same --dw-* options]
 
 --quick keeps to small_cnn, mobilenet_v2, alexnet and vgg_f at small batches (< 2 min on 2 CPU cores), then
 runs a small --depthwise-compare (batch 8, 96 px).
@@ -13,7 +14,8 @@ runs a small --depthwise-compare (batch 8, 96 px).
 --depthwise-compare times the MobileNetV2 backbone's train step (forward + backward, BatchNorm batch
 statistics) and inference step with depthwise='conv' (grouped convolution) against depthwise='shift' (shifted
 multiply-adds, ssdh_jax/models/depthwise.py), interleaved in one process so that load drifts hit both alike,
-and prints the median conv/shift time ratio with its spread over the pairs.
+and prints the median conv/shift time ratio with its spread over the pairs. --pointwise-compare does the same
+for pointwise='conv' (1x1 convolutions) against pointwise='dot' (matmuls, ssdh_jax/models/pointwise.py).
 """
 
 from __future__ import annotations
@@ -99,10 +101,12 @@ def bench(name: str, batch: int, dtype: str, reps: int, device) -> dict:
   }
 
 
-def _compiled_steps(depthwise: str, variables, images) -> dict:
+LOWERINGS = {"depthwise": ("conv", "shift"), "pointwise": ("conv", "dot")}  # MobileNetV2 field: (base, ours)
+
+
+def _compiled_steps(model: MobileNetV2, variables, images) -> dict:
   """Jitted, compiled MobileNetV2 backbone steps: 'train' (value and grad of a scalar of the features, batch
   statistics) and 'infer' (features with running statistics)."""
-  model = MobileNetV2(depthwise=depthwise)
 
   def train(variables, images):
     def loss_fn(params):
@@ -117,15 +121,17 @@ def _compiled_steps(depthwise: str, variables, images) -> dict:
   return {k: jax.jit(f).lower(variables, images).compile() for k, f in (("train", train), ("infer", infer))}
 
 
-def depthwise_compare(batch: int, size: int, pairs: int, device) -> list[dict]:
-  """Per step kind, the conv/shift time ratios of `pairs` back-to-back (conv, shift) timings after warm-up;
+def lowering_compare(field: str, batch: int, size: int, pairs: int, device) -> list[dict]:
+  """Per step kind, the base/ours time ratios of `pairs` back-to-back timings of MobileNetV2 with `field`
+  (depthwise or pointwise) set to each lowering of LOWERINGS[field] (the other field at 'auto'), after warm-up;
   the order within a pair alternates so that neither impl always runs on the warmer cache."""
+  base, ours = LOWERINGS[field]
   x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
   shapes = jax.eval_shape(lambda x: MobileNetV2().init({"params": jax.random.key(0)}, x), x)
   variables = jax.device_put(_random_variables(shapes), device)
   images = jax.device_put(jnp.asarray(np.random.default_rng(1).standard_normal(x.shape, np.float32)), device)
   t = time.perf_counter()
-  steps = {impl: _compiled_steps(impl, variables, images) for impl in ("conv", "shift")}
+  steps = {impl: _compiled_steps(MobileNetV2(**{field: impl}), variables, images) for impl in (base, ours)}
   compile_s = time.perf_counter() - t
 
   def timed(fn) -> float:
@@ -135,20 +141,20 @@ def depthwise_compare(batch: int, size: int, pairs: int, device) -> list[dict]:
 
   rows = []
   for kind in ("train", "infer"):
-    for impl in ("conv", "shift"):
+    for impl in (base, ours):
       for _ in range(2):  # warm-up: first-call allocations, thread-pool spin-up
         timed(steps[impl][kind])
-    times = {"conv": [], "shift": []}
+    times = {base: [], ours: []}
     for i in range(pairs):
-      for impl in ("conv", "shift") if i % 2 == 0 else ("shift", "conv"):
+      for impl in (base, ours) if i % 2 == 0 else (ours, base):
         times[impl].append(timed(steps[impl][kind]))
-    conv, shift = np.array(times["conv"]), np.array(times["shift"])
-    ratio = conv / shift
+    t_base, t_ours = np.array(times[base]), np.array(times[ours])
+    ratio = t_base / t_ours
     rows.append(
       {
         "kind": kind,
-        "conv_ms": 1e3 * np.median(conv),
-        "shift_ms": 1e3 * np.median(shift),
+        "base_ms": 1e3 * np.median(t_base),
+        "ours_ms": 1e3 * np.median(t_ours),
         "ratio": np.median(ratio),
         "ratio_min": ratio.min(),
         "ratio_max": ratio.max(),
@@ -160,27 +166,30 @@ def depthwise_compare(batch: int, size: int, pairs: int, device) -> list[dict]:
   return rows
 
 
-def print_depthwise_compare(batch: int, size: int, pairs: int) -> None:
+def print_lowering_compare(field: str, batch: int, size: int, pairs: int) -> None:
   cpu = jax.devices("cpu")[0]
   loads = ", ".join(f"{v:.2f}" for v in os.getloadavg())
   affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   xla_flags = os.environ.get("XLA_FLAGS", "")
+  base, ours = LOWERINGS[field]
+  what = {"depthwise": "grouped conv vs shifted multiply-adds", "pointwise": "1x1 conv vs matmul"}[field]
   print(
-    f"\n## MobileNetV2 depthwise lowering: conv (grouped conv) vs shift (shifted multiply-adds), "
-    f"backbone only, fp32, JAX {jax.__version__}\n"
+    f"\n## MobileNetV2 {field} lowering: {base} vs {ours} ({what}), backbone only, fp32, JAX {jax.__version__}\n"
   )
   print(
     f"CPU: os.cpu_count()={os.cpu_count()}, usable cores={affinity} (XLA:CPU uses them all), load average "
     f"(1/5/15 min) at start: {loads}; XLA_FLAGS={xla_flags!r}; batch {batch}, {size}x{size}, "
     f"{pairs} interleaved pairs after 2 warm-up calls each."
   )
-  rows = depthwise_compare(batch, size, pairs, cpu)
+  rows = lowering_compare(field, batch, size, pairs, cpu)
   print(f"compile (4 steps): {rows[0]['compile_s']:.1f} s; load average at end: {os.getloadavg()[0]:.2f}\n")
-  print("| step | conv ms (median) | shift ms (median) | conv/shift (median of pairs) | min–max | IQR |")
+  print(
+    f"| step | {base} ms (median) | {ours} ms (median) | {base}/{ours} (median of pairs) | min–max | IQR |"
+  )
   print("|---|---|---|---|---|---|")
   for r in rows:
     print(
-      f"| {r['kind']} | {r['conv_ms']:.1f} | {r['shift_ms']:.1f} | {r['ratio']:.2f}x | "
+      f"| {r['kind']} | {r['base_ms']:.1f} | {r['ours_ms']:.1f} | {r['ratio']:.2f}x | "
       f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} | {r['ratio_q1']:.2f}–{r['ratio_q3']:.2f} |"
     )
 
@@ -193,6 +202,9 @@ def main():
   ap.add_argument(
     "--depthwise-compare", action="store_true", help="only the MobileNetV2 depthwise conv-vs-shift comparison"
   )
+  ap.add_argument(
+    "--pointwise-compare", action="store_true", help="only the MobileNetV2 1x1 conv-vs-matmul comparison"
+  )
   ap.add_argument("--dw-batch", type=int, default=8, help="depthwise comparison batch")
   ap.add_argument(
     "--dw-size", type=int, default=0, help="depthwise comparison input size (default 96 quick, 160)"
@@ -202,8 +214,9 @@ def main():
   )
   args = ap.parse_args()
   dw_size, dw_pairs = args.dw_size or (96 if args.quick else 160), args.dw_pairs or (8 if args.quick else 10)
-  if args.depthwise_compare:
-    print_depthwise_compare(args.dw_batch, dw_size, dw_pairs)
+  if args.depthwise_compare or args.pointwise_compare:
+    for field in ("depthwise",) * args.depthwise_compare + ("pointwise",) * args.pointwise_compare:
+      print_lowering_compare(field, args.dw_batch, dw_size, dw_pairs)
     return
   names = args.backbones.split(",") if args.backbones else list(QUICK if args.quick else models.BACKBONES)
   reps = args.reps or (3 if args.quick else 10)
@@ -234,7 +247,8 @@ def main():
   if jax.default_backend() != "gpu":
     print("\nNo GPU visible to JAX: only the CPU rows were measured.")
   if args.quick:
-    print_depthwise_compare(args.dw_batch, dw_size, dw_pairs)
+    for field in LOWERINGS:
+      print_lowering_compare(field, args.dw_batch, dw_size, dw_pairs)
 
 
 if __name__ == "__main__":

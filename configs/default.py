@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.pretrained = ""
   m.preprocess = "unit"  # caffe_bgr | imagenet | unit
   m.depthwise = "auto"  # depthwise conv: auto (shift on CPU, conv elsewhere) | conv | shift
+  m.pointwise = "auto"  # 1x1 convs (mobilenet_v2): auto (a matmul on CPU, conv elsewhere) | conv | dot
   m.trainable = "all"  # all | heads | a backbone layer (e.g. features_14): that layer onward trains
   # Frozen prefix output computed once per image and cached on disk: auto (when the prefix sees no random
   # augmentation, i.e. data.augment='none') | off. Training then runs only the trainable layers.

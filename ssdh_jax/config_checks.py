@@ -107,6 +107,7 @@ RULES: Mapping[str, Rule] = {
   "model.pretrained": _str,
   "model.preprocess": _choice(*preprocessing.PREPROCESSORS),
   "model.depthwise": _choice("auto", "conv", "shift"),
+  "model.pointwise": _choice("auto", "conv", "dot"),
   "model.trainable": _trainable,
   "model.feature_cache": _choice("auto", "off"),
   "loss.name": _choice(*losses.available_losses()),

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from ssdh_jax.data.sources import Examples
+from ssdh_jax.models import pointwise
 
 _VERSION = 1
 _CHUNK = 1 << 24
@@ -96,6 +97,7 @@ def cache_key(config: Any, prefix_layer: int, images_fp: str) -> dict[str, Any]:
     "weights_sha256": weights,
     "dtype": str(m.dtype),
     "depthwise": str(m.depthwise),
+    "pointwise": pointwise.resolve_impl(m.pointwise),  # dot and conv sum in another order (ulps)
     "image_size": int(d.image_size),
     "resize_size": int(d.resize_size),
     "preprocess": m.preprocess,

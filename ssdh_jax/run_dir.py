@@ -23,6 +23,7 @@ OPERATIONAL = frozenset(
     "data.num_workers",
     "model.pretrained",  # the weights file may move; its contents are keyed by sha256 where cached
     "model.depthwise",  # lowering only: conv and shift are numerically equal (tests/test_depthwise.py)
+    "model.pointwise",  # lowering only: conv and dot are numerically equal (tests/test_pointwise.py)
     "model.feature_cache",
     "model.feature_cache_dir",
     "train.parallel",

@@ -67,6 +67,7 @@ def build_backbone(
   param_dtype: Any = "float32",
   axis_name: str | None = None,
   depthwise: str = "auto",
+  pointwise: str = "auto",
   layers: tuple[int, int, int] | None = None,
 ) -> nn.Module:
   """A backbone by registry name (`register_backbone`).
@@ -81,6 +82,7 @@ def build_backbone(
     axis_name: the device axis the batch is split over: cross-device BatchNorm statistics (mobilenet_v2,
       small_cnn) and dropout masks numbered by global row (`layers.RowDropout`).
     depthwise: mobilenet_v2's depthwise convolution: auto | conv | shift (ssdh_jax.models.depthwise).
+    pointwise: mobilenet_v2's 1×1 convolutions: auto | conv | dot (ssdh_jax.models.pointwise).
     layers: (input_layer, output_layer, train_from) indices into backbone_layers(name): the slice of layers
       the module runs (its input is the activation entering input_layer; output_layer < len(layers) returns
       the activation entering that layer, unpooled) and the first layer that trains (those before it run in
@@ -94,6 +96,7 @@ def build_backbone(
     param_dtype=jnp.dtype(param_dtype),
     axis_name=axis_name,
     depthwise=depthwise,
+    pointwise=pointwise,
     layers=layers,
   )
 
@@ -112,7 +115,7 @@ def first_trainable_layer(model_cfg: Mapping[str, Any]) -> int:
 
 # config.model fields that `build_backbone` takes; a field a partial mapping (a test, a script) leaves out gets
 # build_backbone's documented default, stated once, in its signature.
-_BACKBONE_FIELDS = ("dropout", "width", "dtype", "param_dtype", "depthwise")
+_BACKBONE_FIELDS = ("dropout", "width", "dtype", "param_dtype", "depthwise", "pointwise")
 
 
 def _backbone(model_cfg: Mapping[str, Any], axis_name: str | None, layers: tuple[int, int, int] | None):
@@ -124,7 +127,7 @@ def build_model(
   model_cfg: Mapping[str, Any], axis_name: str | None = None, *, input_layer: int = 0
 ) -> HashingModel:
   """The hashing model from `config.model` (fields name, bits, num_classes, dropout, width, dtype, param_dtype,
-  depthwise, trainable).
+  depthwise, pointwise, trainable).
 
   The backbone's own ImageNet classifier is dropped; its params live under params['backbone'], the heads
   under params['hash'] and params['classifier']. Frozen backbone layers (model.trainable) run in inference

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from ssdh_jax.models import layout
 from ssdh_jax.models.depthwise import DepthwiseConv
+from ssdh_jax.models.pointwise import PointwiseConv
 from ssdh_jax.models.spec import BackboneSpec
 
 Array = jax.Array
@@ -57,6 +58,7 @@ class ConvBNAct(nn.Module):
 
   A depthwise conv (groups == features == input channels > 1) runs through DepthwiseConv with lowering
   `depthwise` ('auto', 'conv', 'shift'); its parameter is the same `conv/kernel` (k, k, 1, C) as nn.Conv's.
+  A 1×1 stride-1 conv runs through PointwiseConv with lowering `pointwise` ('auto', 'conv', 'dot'), likewise.
   """
 
   features: int
@@ -68,6 +70,7 @@ class ConvBNAct(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   depthwise: str = "auto"
+  pointwise: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -78,6 +81,15 @@ class ConvBNAct(nn.Module):
         self.kernel,
         self.stride,
         impl=self.depthwise,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=_conv_init,
+        name="conv",
+      )(x)
+    elif self.kernel == 1 and self.stride == 1 and self.groups == 1:
+      x = PointwiseConv(
+        self.features,
+        impl=self.pointwise,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         kernel_init=_conv_init,
@@ -119,6 +131,7 @@ class InvertedResidual(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   depthwise: str = "auto"
+  pointwise: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -126,14 +139,13 @@ class InvertedResidual(nn.Module):
     hidden = round(self.cin * self.expand_ratio)
     y = x
     if self.expand_ratio != 1:
-      y = ConvBNAct(hidden, kernel=1, name="expand", **kw)(y, train)
+      y = ConvBNAct(hidden, kernel=1, pointwise=self.pointwise, name="expand", **kw)(y, train)
     y = ConvBNAct(
       hidden, kernel=3, stride=self.stride, groups=hidden, depthwise=self.depthwise, name="depthwise", **kw
     )(y, train)
-    y = nn.Conv(
+    y = PointwiseConv(
       self.cout,
-      (1, 1),
-      use_bias=False,
+      impl=self.pointwise,
       kernel_init=_conv_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
@@ -162,6 +174,8 @@ class MobileNetV2(nn.Module):
     dtype: compute dtype; param_dtype: parameter dtype.
     depthwise: lowering of the 3×3 depthwise convs, 'auto' (shift on CPU, conv elsewhere), 'conv' or 'shift'
       (see models/depthwise.py); the parameters are the same either way.
+    pointwise: lowering of the 1×1 convs, 'auto' (a matmul on CPU, conv elsewhere), 'conv' or 'dot' (see
+      models/pointwise.py); the parameters are the same either way.
     input_layer, output_layer: run LAYERS[input_layer:output_layer] only. input_layer > 0: x is the activation
       entering that layer (input_layer == len(LAYERS): x already is the pooled (B, 1280) feature);
       output_layer < len(LAYERS): return the activation entering that layer, unpooled, without classifier.
@@ -176,6 +190,7 @@ class MobileNetV2(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   depthwise: str = "auto"
+  pointwise: str = "auto"
   input_layer: int = 0
   output_layer: int = len(LAYERS)
   train_from: int = 0
@@ -193,11 +208,11 @@ class MobileNetV2(nn.Module):
         x = ConvBNAct(STEM_CHANNELS, kernel=3, stride=2, name="features_0", **kw)(x, t_i)
       elif i <= len(specs):
         cin, cout, stride, t = specs[i - 1]
-        x = InvertedResidual(cin, cout, stride, t, depthwise=self.depthwise, name=f"features_{i}", **kw)(
-          x, t_i
-        )
+        x = InvertedResidual(
+          cin, cout, stride, t, depthwise=self.depthwise, pointwise=self.pointwise, name=f"features_{i}", **kw
+        )(x, t_i)
       else:
-        x = ConvBNAct(LAST_CHANNELS, kernel=1, name=f"features_{i}", **kw)(x, t_i)
+        x = ConvBNAct(LAST_CHANNELS, kernel=1, pointwise=self.pointwise, name=f"features_{i}", **kw)(x, t_i)
     if self.output_layer < len(LAYERS):
       return x
     if self.input_layer < len(LAYERS):
@@ -214,11 +229,14 @@ class MobileNetV2(nn.Module):
     return x
 
 
-def build(*, axis_name, depthwise, layers, num_classes, dtype, param_dtype, **_) -> MobileNetV2:
+def build(
+  *, axis_name, depthwise, layers, num_classes, dtype, param_dtype, pointwise="auto", **_
+) -> MobileNetV2:
   lo, hi, train_from = layers or (0, len(LAYERS), 0)
   return MobileNetV2(
     axis_name=axis_name,
     depthwise=depthwise,
+    pointwise=pointwise,
     input_layer=lo,
     output_layer=hi,
     train_from=train_from,

@@ -17,8 +17,9 @@ from ssdh_jax.models.layout import Layer
 class BackboneSpec:
   """A backbone as the registry knows it.
 
-  build: `build(*, num_classes, dropout, width, dtype, param_dtype, axis_name, depthwise, layers)` -> a Linen
-    module `module(images (B, H, W, 3), train=bool)` returning features (B, F) (logits when num_classes > 0);
+  build: `build(*, num_classes, dropout, width, dtype, param_dtype, axis_name, depthwise, pointwise, layers)`
+    -> a Linen module `module(images (B, H, W, 3), train=bool)` returning features (B, F) (logits when
+    num_classes > 0);
     a builder may ignore the arguments it has no use for, but must refuse `layers` unless it lists `layers`.
   image_size: nominal input size after crop.
   feature_dim: F (None when it depends on the config, e.g. small_cnn's width).
