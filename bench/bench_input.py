@@ -160,17 +160,9 @@ def _print_tables(results: list[dict], argv: list[str], untar_s: float | None) -
 
 
 def _parent(args) -> None:
-  results = []
   with tempfile.TemporaryDirectory(prefix="ssdh_bench_input_") as tmp:
     untar_s = _unpack(args.archive, tmp, args.quick)
-    for threads in (1, 2):
-      t0 = time.perf_counter()
-      proc = subprocess.run(_child_argv(args, threads, tmp), stdout=subprocess.PIPE, text=True)
-      if proc.returncode != 0:
-        raise SystemExit(f"the {threads}-thread run failed ({proc.returncode})")
-      line = next(x for x in proc.stdout.splitlines() if x.startswith(JSON_TAG))
-      results.append(json.loads(line[len(JSON_TAG) :]))
-      print(f"[{threads} thread(s): {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
+    results = paired.run_thread_counts(lambda threads: _child_argv(args, threads, tmp), JSON_TAG)
   _print_tables(results, sys.argv, untar_s)
 
 

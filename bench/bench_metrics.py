@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -77,15 +76,7 @@ def _print_tables(results: list[dict], argv: list[str]) -> None:
 
 
 def _parent(args) -> None:
-  results = []
-  for threads in (1, 2):
-    t0 = time.perf_counter()
-    proc = subprocess.run(_child_argv(args, threads), stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-      raise SystemExit(f"the {threads}-thread run failed ({proc.returncode})")
-    line = next(x for x in proc.stdout.splitlines() if x.startswith(JSON_TAG))
-    results.append(json.loads(line[len(JSON_TAG) :]))
-    print(f"[{threads} thread(s): {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
+  results = paired.run_thread_counts(lambda threads: _child_argv(args, threads), JSON_TAG)
   _print_tables(results, sys.argv)
 
 

@@ -79,6 +79,23 @@ def rounds_note(rounds: int, started: float) -> str:
   )
 
 
+def run_thread_counts(
+  child_argv: Callable[[int], list[str]], tag: str, counts: Sequence[int] = (1, 2)
+) -> list:
+  """Runs one child process per thread count (`child_argv(threads)`: a bench in its pinned `--json` mode) and
+  returns what each printed after `tag` on one line, parsed as JSON; a child that fails ends the run."""
+  results = []
+  for threads in counts:
+    t0 = time.perf_counter()
+    proc = subprocess.run(child_argv(threads), stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+      raise SystemExit(f"the {threads}-thread run failed ({proc.returncode})")
+    line = next(x for x in proc.stdout.splitlines() if x.startswith(tag))
+    results.append(json.loads(line[len(tag) :]))
+    print(f"[{threads} thread(s): {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
+  return results
+
+
 class Worker:
   """A subprocess that times one side: it prints READY after its warm-up, then answers each "run N" line
   with `RESULT {"times": [...], ...}` (N timings in seconds)."""

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ssdh_jax.models import layers
+
 Array = jax.Array
 
 IMPLS = ("conv", "shift")
@@ -27,11 +29,7 @@ IMPLS = ("conv", "shift")
 
 def resolve_impl(impl: str) -> str:
   """'auto' → 'shift' on the CPU backend, 'conv' elsewhere; 'conv' and 'shift' pass through."""
-  if impl == "auto":
-    return "shift" if jax.default_backend() == "cpu" else "conv"
-  if impl not in IMPLS:
-    raise ValueError(f"config.model.depthwise must be one of 'auto', 'conv', 'shift'; got {impl!r}")
-  return impl
+  return layers.resolve_lowering("depthwise", impl, IMPLS, "shift")
 
 
 def depthwise_conv(x: Array, kernel: Array, stride: int = 1, padding: int = 0, impl: str = "conv") -> Array:

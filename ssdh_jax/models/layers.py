@@ -11,6 +11,18 @@ Array = jax.Array
 ROW_DROPOUT_RNG = "row_dropout"
 
 
+def resolve_lowering(field: str, impl: str, impls: tuple[str, ...], on_cpu: str) -> str:
+  """A lowering choice of config.model.<field>: 'auto' → `on_cpu` on the CPU backend, impls[0] (XLA's own
+  convolution) elsewhere; a name in `impls` passes through; anything else is a ValueError naming the field."""
+  if impl == "auto":
+    return on_cpu if jax.default_backend() == "cpu" else impls[0]
+  if impl not in impls:
+    raise ValueError(
+      f"config.model.{field} must be one of {', '.join(map(repr, ('auto', *impls)))}; got {impl!r}"
+    )
+  return impl
+
+
 def global_row_ids(n: int, axis_name: str | None) -> Array:
   """(n,) int32 index of this device's rows in the global batch: device d of the named axis holds rows
   d·n … d·n + n − 1 (the layout `pipeline.shard` and a P(axis) sharding give). Without an axis: 0 … n − 1."""

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ssdh_jax.models import layers
+
 Array = jax.Array
 
 IMPLS = ("conv", "dot")
@@ -25,11 +27,7 @@ IMPLS = ("conv", "dot")
 
 def resolve_impl(impl: str) -> str:
   """'auto' → 'dot' on the CPU backend, 'conv' elsewhere; 'conv' and 'dot' pass through."""
-  if impl == "auto":
-    return "dot" if jax.default_backend() == "cpu" else "conv"
-  if impl not in IMPLS:
-    raise ValueError(f"config.model.pointwise must be one of 'auto', 'conv', 'dot'; got {impl!r}")
-  return impl
+  return layers.resolve_lowering("pointwise", impl, IMPLS, "dot")
 
 
 def pointwise_conv(x: Array, kernel: Array, impl: str = "conv") -> Array:
