@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 
 from ssdh_jax import losses, models, preprocessing, ranking
+from ssdh_jax.models import depthwise, pointwise
 
 Rule = Callable[[Any], str | None]  # returns what is wrong, or None
 
@@ -106,8 +107,8 @@ RULES: Mapping[str, Rule] = {
   "model.param_dtype": _choice("float32", "bfloat16", "float16"),
   "model.pretrained": _str,
   "model.preprocess": _choice(*preprocessing.PREPROCESSORS),
-  "model.depthwise": _choice("auto", "conv", "shift"),
-  "model.pointwise": _choice("auto", "conv", "dot"),
+  "model.depthwise": _choice("auto", *depthwise.IMPLS),
+  "model.pointwise": _choice("auto", *pointwise.IMPLS),
   "model.trainable": _trainable,
   "model.feature_cache": _choice("auto", "off"),
   "loss.name": _choice(*losses.available_losses()),
