@@ -1,6 +1,9 @@
 """A new backbone in one file, trained by the standard trainer on the demo digits, in either of two ways.
 
-  python examples/custom_backbone.py [--workdir DIR] [--steps N] [--unregistered]
+  python examples/custom_backbone.py [--workdir DIR] [--steps N] [--unregistered]      # from Python
+  python train.py --config configs/digits_demo.py --workdir RUN \\
+    --module examples/custom_backbone.py --config.model.name=tiny_mlp                   # from the command line
+  python eval.py --workdir RUN      # imports this file again (recorded in RUN/modules.json)
 
 Registered: `models.register_backbone` makes the name valid for `config.model.name` everywhere (training,
 evaluation, `eval.py`, the config checks); the hash and class heads, the loss and the trainer are unchanged.
@@ -17,6 +20,7 @@ import jax.numpy as jnp
 
 from configs import digits_demo
 from ssdh_jax import losses, mesh, models, train_lib
+from ssdh_jax.models import spec
 
 
 class TinyMLP(nn.Module):
@@ -36,9 +40,9 @@ class TinyMLP(nn.Module):
 
 
 def build_tiny_mlp(*, dropout, dtype, layers, **_):
-  """The registry's builder: takes the config's model fields it needs, ignores the rest."""
-  if layers is not None:
-    raise ValueError("tiny_mlp cannot run a slice of its layers")
+  """The registry's builder: takes the config's model fields it needs, ignores the rest. The spec lists no
+  layers, so it refuses a request to run a slice of them (`BackboneSpec`)."""
+  spec.no_slices("tiny_mlp", layers)
   return TinyMLP(dropout=dropout, dtype=dtype)
 
 

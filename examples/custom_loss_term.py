@@ -1,6 +1,8 @@
 """A new loss term in one file: a quantization penalty registered by name and trained by the standard trainer.
 
-  python examples/custom_loss_term.py [--workdir DIR] [--steps N] [--weight W]
+  python examples/custom_loss_term.py [--workdir DIR] [--steps N] [--weight W]      # from Python
+  python train.py --config configs/digits_demo.py --workdir RUN \\
+    --module examples/custom_loss_term.py --config.loss.extra_terms="(('quant', 0.1),)"   # from the command line
 
 The term pulls each relaxed code toward its nearest binary value, ‖h − round(h)‖² averaged over the batch.
 Registering it makes it available to `config.loss.extra_terms`; the trainer, the per-term gradient

@@ -24,6 +24,14 @@ def _define_common_flags() -> None:
     os.environ.get("SSDH_JAX_XLA_CACHE", DEFAULT_XLA_CACHE),
     "Persistent XLA compilation cache directory ('' disables; env SSDH_JAX_XLA_CACHE sets the default).",
   )
+  flags.DEFINE_multi_string(
+    "module",
+    [],
+    "Your Python code to import first, so the names it registers (backbones, loss terms, graph builders, "
+    "losses) can be used: a file (path/to/my_ext.py) or an importable name (my_pkg.ext); repeat for several. "
+    "The run folder records it (modules.json): eval.py and ssdh-search on that folder import it again. "
+    "Installed packages can instead declare an 'ssdh_jax.plugins' entry point, loaded by every command.",
+  )
 
 
 def _define_train_flags() -> None:
@@ -59,6 +67,7 @@ def _train(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _start()
+  _load_user_code(FLAGS.workdir)  # before any name in the config is resolved
   from ssdh_jax import train_lib
 
   try:
@@ -80,6 +89,7 @@ def _eval(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _start()
+  _load_user_code(FLAGS.workdir)
   from ssdh_jax import evaluate_run
 
   try:
@@ -113,7 +123,11 @@ def _search(argv) -> None:
 
   if not FLAGS.image:
     _fail("--image: give at least one query image (repeat --image for several)")
+  _load_user_code(FLAGS.workdir)
   index_path = FLAGS.index or os.path.join(FLAGS.workdir, "database_index.npz")
+  if not FLAGS.index and os.path.exists(os.path.join(FLAGS.workdir, "config.json")):
+    if not os.path.exists(index_path):  # eval.py writes it (the evaluated database, encoded once)
+      _fail(f"{index_path}: no search index yet; run `python eval.py --workdir {FLAGS.workdir}` first")
   try:
     rows = evaluate_run.search_images(FLAGS.workdir, index_path, FLAGS.image, FLAGS.k, FLAGS.radius)
   except (FileNotFoundError, ValueError) as e:
@@ -128,6 +142,21 @@ def _search(argv) -> None:
     for h in row["hits"]:
       label = ",".join(str(c) for c in h["label"]) or "-"
       print(f"{h['rank']}\t{h['distance']}\t{h['id']}\t{label}\t{h['path'] or '-'}")
+
+
+def _load_user_code(workdir: str | None) -> None:
+  """Imports the `ssdh_jax.plugins` entry points, the --module flags, then the modules `workdir`'s run recorded
+  (those not given again); a problem is one line and exit 2, a changed recorded file one warning line."""
+  from ssdh_jax import plugins
+
+  try:
+    plugins.load_entry_points()
+    for given in FLAGS.module:
+      plugins.load_module(given)
+    if workdir and os.path.isdir(workdir):
+      plugins.import_recorded(workdir, warn=_stderr, replaced=bool(FLAGS.module))
+  except plugins.PluginError as e:
+    _fail(str(e))
 
 
 def _start() -> None:
@@ -182,18 +211,33 @@ def _fail(message: str) -> None:
 
 
 def train_main() -> None:
+  """`train.py` / ssdh-train: `--config FILE --workdir DIR [--config.key=value ...] [--module M ...]`.
+
+  Trains into DIR (resumed when it holds checkpoints) and prints the report table. Exit 2 with one line on
+  bad input (flags, config values, unknown names, data), before the run folder is created.
+  """
   _define_common_flags()
   _define_train_flags()
   app.run(_train, flags_parser=_flags_parser)
 
 
 def eval_main() -> None:
+  """`eval.py` / ssdh-eval: `--workdir DIR [--checkpoint best|latest|STEP] [--override key=value ...]`.
+
+  Evaluates a run's checkpoint (query vs database), writes metrics.json and the search index
+  (database_index.npz), and prints the report table. The run's recorded modules are imported first.
+  """
   _define_common_flags()
   _define_eval_flags()
   app.run(_eval, flags_parser=_flags_parser)
 
 
 def search_main() -> None:
+  """ssdh-search: `--workdir DIR --image Q.png [--image ...] [--k 10 | --radius R] [--format table|jsonl]`.
+
+  Encodes the query images with the run's best checkpoint and searches the index eval.py wrote (run eval.py
+  first). The run's recorded modules are imported first.
+  """
   _define_common_flags()
   _define_search_flags()
   app.run(_search, flags_parser=_flags_parser)

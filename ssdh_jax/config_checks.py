@@ -75,6 +75,17 @@ def _terms(v) -> str | None:
   return None if ok else f"expected ((name, weight), ...), got {v!r}"
 
 
+def _registered(get: Callable[[str], Any], v) -> str | None:
+  """None if `get` (a registry getter) knows `v`, else its one-line error: what is registered, how to add one."""
+  if not isinstance(v, str):
+    return f"expected a string, got {v!r}"
+  try:
+    get(v)
+  except ValueError as e:
+    return str(e)
+  return None
+
+
 def _trainable(v) -> str | None:
   return None if isinstance(v, str) and v else f"expected all | heads | a backbone layer name, got {v!r}"
 
@@ -98,7 +109,7 @@ RULES: Mapping[str, Rule] = {
   "data.val_from": _choice("", "unlabeled", "labeled"),
   "data.in_memory": _choice("auto", "always", "never"),
   "data.num_workers": _int(0),
-  "model.name": lambda v: _choice(*models.available_backbones())(v),  # registered ones too, at check time
+  "model.name": lambda v: _registered(models.backbone_spec, v),  # registered ones too, at check time
   "model.bits": _int(1, 4096),
   "model.num_classes": _int(0),
   "model.dropout": _num(0.0, 1.0, open_hi=True),
@@ -111,12 +122,12 @@ RULES: Mapping[str, Rule] = {
   "model.pointwise": _choice("auto", *pointwise.IMPLS),
   "model.trainable": _trainable,
   "model.feature_cache": _choice("auto", "off"),
-  "loss.name": _choice(*losses.available_losses()),
+  "loss.name": _str,  # resolved by check_names (training): evaluation never builds the loss
   "loss.variant": _choice("multi_label", "single_label"),
   "loss.graph_feature": _choice("codes", "features", "fc7"),
   "loss.graph_filter": _choice("none", "class_agree"),
   "loss.cls_in_single_label": _bool,
-  "loss.graph": _str,  # a registered builder; an unknown name fails when the loss is built
+  "loss.graph": _str,  # resolved by check_names (training)
   "loss.extra_terms": _terms,
   "loss.knn_k": _int(1),
   "loss.neg_window": _window,
@@ -191,3 +202,45 @@ def check_config(config: ml_collections.ConfigDict | Mapping[str, Any]) -> None:
     raise ValueError(
       f"config.train.batch_size: {t['batch_size']} does not split over train.num_devices={t['num_devices']}"
     )
+
+
+def check_names(config: ml_collections.ConfigDict | Mapping[str, Any], *, loss: bool = True) -> None:
+  """Resolves every name a training run looks up, so a bad one fails before a run folder is created.
+
+  Backbone (model.name) and its layer (model.trainable), loss (loss.name; skipped with loss=False, when the
+  caller brings its own loss function), loss terms (loss.extra_terms), graph builder (loss.graph), protocol
+  (data.protocol) and pretrained weights (model.pretrained: the file exists, or a torchvision name the
+  backbone has; nothing is downloaded here). Raises ValueError (FileNotFoundError for a missing weights file)
+  in one line: `config.<field>: ...`, with what is registered and how to add one. `check_config` first.
+  """
+  from ssdh_jax import graph, weights
+  from ssdh_jax.data import splits
+
+  m, lo, d = config["model"], config["loss"], config["data"]
+  problem = _registered(models.backbone_spec, m["name"])
+  if problem:
+    raise ValueError(f"config.model.name: {problem}")
+  models.first_trainable_layer(m)  # its error names config.model.trainable and the backbone's layers
+  if loss:
+    problem = _registered(losses.get_loss, lo["name"])
+    if problem:
+      raise ValueError(f"config.loss.name: {problem}")
+  terms = tuple(lo.get("extra_terms", ()))
+  for name, _ in terms:
+    problem = _registered(losses.get_term, name)
+    if problem:
+      raise ValueError(f"config.loss.extra_terms: {problem}")
+  if terms and loss and lo["name"] == "dpsh":
+    raise ValueError(
+      "config.loss.extra_terms: loss 'dpsh' adds no extra terms (only 'ssdh' does); remove them"
+    )
+  if "graph" in lo:
+    problem = _registered(graph.get_graph_builder, lo["graph"])
+    if problem:
+      raise ValueError(f"config.loss.graph: {problem}")
+  try:
+    splits.get_protocol(d["protocol"], num_classes=int(d["num_classes"]), multi_label=bool(d["multi_label"]))
+  except ValueError as e:
+    raise ValueError(f"config.data.protocol: {e}") from None
+  if m.get("pretrained"):
+    weights.check_pretrained(m["pretrained"], m["name"])

@@ -235,19 +235,49 @@ def sample_graph_pairs(
 
 
 GraphBuilder = Callable[..., dict[str, Array]]  # the signature of `sample_graph_pairs`
-_BUILDERS: Registry[GraphBuilder] = Registry("graph builder", {"knn_window": sample_graph_pairs})
+_BUILDERS: Registry[GraphBuilder] = Registry(
+  "graph builder", {"knn_window": sample_graph_pairs}, how="ssdh_jax.graph.register_graph_builder(name, fn)"
+)
 
 
 def register_graph_builder(name: str, fn: GraphBuilder) -> GraphBuilder:
-  """Registers a graph builder for config.loss.graph = name. It receives `sample_graph_pairs`'s arguments
-  (detached features, per-anchor random words, anchor and row ids, k_size, window, classes) and returns the
-  same dict ('pos', 'neg', 'pos_rank', 'neg_rank', 'neg_valid'); it must depend on a row only through its
-  global id and its features, so that sharded and single-device runs agree."""
+  """Registers `fn` as the online graph for config.loss.graph = name (`--config.loss.graph=name`). Returns fn.
+
+  Called under jit once per step, as `fn(feats, bits, anchor_ids, row_ids, *, k_size, window, classes)`:
+    feats: (N, F) float32 detached graph features of the global batch (config.loss.graph_feature: the codes,
+      or the backbone features).
+    bits: (n, 2) uint32 random words per anchor (column 0 for the neighbour, 1 for the non-neighbour), drawn
+      from the anchor's global row id: the only randomness to use.
+    anchor_ids: (n,) int32 batch positions of the anchors this call draws for; row_ids: (N,) int32 global ids.
+    k_size: `knn_size(N, loss.knn_k)`; window: static (lo, hi) sorted-position window of the variant
+      (`graph_window`); classes: (N, C) bool predicted classes under loss.graph_filter='class_agree', else
+      None. A builder may ignore any of these.
+
+  Returns a dict of (n,) arrays, one entry per anchor:
+    'pos': int32 batch position of its neighbour p(i) — training pulls it close (L_emb's D_ip), and the logged
+      graph_purity is the share of labeled neighbours that share a label.
+    'neg': int32 batch position of its non-neighbour n(i) — training pushes it beyond the margin (the hinge).
+    'neg_valid': bool, False where no non-neighbour exists; training drops that anchor's hinge (optional,
+      default all True).
+    'pos_rank', 'neg_rank': int32 sorted positions (by distance to the anchor) the two were drawn at. Training
+      never reads them; `losses.ssdh_sample` returns them as 'emb_pos_rank' / 'emb_neg_rank' for tests and
+      diagnostics (optional, default -1).
+  A row may enter only through its global id and its features, so sharded and single-device runs agree.
+
+  From the command line: register it in a module passed with `--module path/to/file.py` (see the README's
+  "Extending"). `graph.sample_graph_pairs` is the release's builder ('knn_window').
+  """
   return _BUILDERS.add(name, fn)
 
 
 def get_graph_builder(name: str) -> GraphBuilder:
+  """The builder registered under `name`; ValueError listing the registered builders if none."""
   return _BUILDERS.get(name)
+
+
+def available_graph_builders() -> tuple[str, ...]:
+  """Names accepted by config.loss.graph."""
+  return _BUILDERS.names()
 
 
 def masked_choice(bits: Array, mask: Array, row_ids: Array) -> tuple[Array, Array]:

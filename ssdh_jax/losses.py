@@ -162,21 +162,51 @@ class TermInputs:
 
 
 TermFn = Callable[[TermInputs], Array]
-_TERMS: Registry[TermFn] = Registry("loss term", reserved=("rank", "emb", "pl", "cls"))  # built-ins reserved
+_TERMS: Registry[TermFn] = Registry(
+  "loss term",
+  reserved=("rank", "emb", "pl", "cls"),  # the built-in terms' log names
+  how="@ssdh_jax.losses.register_term(name)",
+)
 
 
 def register_term(name: str) -> Callable[[TermFn], TermFn]:
-  """Decorator: registers `fn(TermInputs) -> scalar` under `name` for SSDHLoss.extra_terms.
+  """Decorator: registers `fn(TermInputs) -> scalar` under `name` for config.loss.extra_terms.
 
-  Sharding contract: the value must be an additive partial over the anchors (a sum over `anchors` divided by
-  a constant or by `num_rows`), so that shards partitioning the anchors sum to the full-batch value.
+  `--config.loss.extra_terms="(('name', weight),)"` (loss 'ssdh') then adds `weight * fn(inputs)` to the loss.
+
+  Return value: the UNWEIGHTED term, a float32 scalar; the loss multiplies it by the weight. Must trace under
+  jit (no Python branching on array values, no host callbacks).
+
+  Batch fields it may read (`TermInputs`; arrays hold the GLOBAL batch of N rows): `codes` (N, k) relaxed codes
+  in (0, 1), differentiable; `outputs`, every model output: 'codes', 'hash_logits' (N, k) pre-sigmoid,
+  'features' (N, F) backbone features and 'class_logits' (N, C) when model.num_classes > 0; `labels` (N, C)
+  multi-hot (zeros for unlabeled rows, not differentiated); `labeled` (N,) bool; `anchors` (n,) the rows this
+  call owns; `samples`, `ssdh_sample`'s indices (graph neighbour 'emb_pos', non-neighbour 'emb_neg', triplets,
+  pseudo-label pairs); `settings` (SSDHLoss); `num_rows` N. No images, PRNG key or step number.
+
+  Sharding contract: the value must be an additive partial over the anchors (a sum over `anchors` divided by a
+  constant or by `num_rows`), so that shards partitioning the anchors sum to the full-batch value.
+
+  Logging: the weighted value appears as 'loss_<name>' in the loss's aux, hence in metrics.jsonl and
+  TensorBoard (mean over the train.log_every steps), and with train.term_grad_norms > 0 its gradient norm and
+  cosine with the total gradient as 'gnorm_<name>' / 'gcos_<name>'. The names 'rank', 'emb', 'pl' and 'cls'
+  are the built-in terms'.
+
+  From the command line: register it in a module and pass `--module path/to/file.py` to train.py; the run
+  folder records the module (modules.json) so eval.py and ssdh-search import it again.
   """
 
   return lambda fn: _TERMS.add(name, fn)
 
 
 def get_term(name: str) -> TermFn:
+  """The term registered under `name`; ValueError listing the registered terms if none."""
   return _TERMS.get(name)
+
+
+def available_terms() -> tuple[str, ...]:
+  """Names registered with `register_term` (the built-in terms are not in it)."""
+  return _TERMS.names()
 
 
 @jax.custom_jvp
@@ -342,12 +372,13 @@ def ssdh_sample(
   # Online graph: one neighbour and one non-neighbour for every anchor (also used for purity diagnostics).
   classes = graph_classes(outputs, cfg) if on["emb"] else None
   g = online_graph(outputs, cfg, b_graph, anchors, rids, builder=graph_builder, classes=classes)
+  unknown_rank = jnp.full((n,), -1, jnp.int32)  # a builder that draws without sorting has no rank to give
   out.update(
     emb_pos=g["pos"],
     emb_neg=g["neg"],
-    emb_pos_rank=g["pos_rank"],
-    emb_neg_rank=g["neg_rank"],
-    emb_neg_valid=g["neg_valid"],
+    emb_pos_rank=g.get("pos_rank", unknown_rank),
+    emb_neg_rank=g.get("neg_rank", unknown_rank),
+    emb_neg_valid=g.get("neg_valid", jnp.ones((n,), bool)),
   )
 
   y_a = labels[anchors]
@@ -565,11 +596,21 @@ def dpsh_loss(
 
 # ------------------------------------------------------------------------------------------------ registry
 
-_REGISTRY: Registry[LossFn] = Registry("loss", {"ssdh": ssdh_loss, "dpsh": dpsh_loss})
+_REGISTRY: Registry[LossFn] = Registry(
+  "loss", {"ssdh": ssdh_loss, "dpsh": dpsh_loss}, how="ssdh_jax.losses.register_loss(name, fn)"
+)
+
+
+def register_loss(name: str, fn: LossFn) -> LossFn:
+  """Makes `name` a valid config.loss.name. `fn` has `ssdh_loss`'s signature and contract (global batch in,
+  additive partials over `anchor_ids` out, counts through one `reduce_count` call); its aux entries named
+  'loss_*' are logged and covered by the per-term gradient diagnostics. Returns `fn`."""
+  return _REGISTRY.add(name, fn)
 
 
 def get_loss(name: str) -> LossFn:
-  """Loss function by name ('ssdh' | 'dpsh'); every entry has `ssdh_loss`'s signature."""
+  """Loss function by name ('ssdh' | 'dpsh' | a registered one); ValueError listing the registered losses if
+  none. Every entry has `ssdh_loss`'s signature."""
   return _REGISTRY.get(name)
 
 

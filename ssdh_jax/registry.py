@@ -8,11 +8,26 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-class Registry(Generic[T]):
-  """Entries of one kind by name; `kind` names them in errors ("unknown backbone 'x'; registered: …")."""
+# How a name becomes known to the commands (train.py, eval.py, ssdh-search): the tail of every unknown-name error.
+WHERE = (
+  "in a module passed to train.py, eval.py and ssdh-search with --module (or an ssdh_jax.plugins entry point)"
+)
 
-  def __init__(self, kind: str, entries: Mapping[str, T] | None = None, *, reserved: tuple[str, ...] = ()):
+
+class Registry(Generic[T]):
+  """Entries of one kind by name; `kind` names them in errors ("unknown backbone 'x'; registered: …") and `how`
+  (e.g. "ssdh_jax.models.register_backbone(name, spec)") says how to add one."""
+
+  def __init__(
+    self,
+    kind: str,
+    entries: Mapping[str, T] | None = None,
+    *,
+    reserved: tuple[str, ...] = (),
+    how: str = "",
+  ):
     self.kind = kind
+    self.how = how
     self._entries: dict[str, T] = dict(entries or {})
     self._reserved = frozenset(reserved)
 
@@ -23,10 +38,17 @@ class Registry(Generic[T]):
     return entry
 
   def get(self, name: str) -> T:
+    """The entry registered under `name`; ValueError (one line: what is registered, how to add one) if none."""
     try:
       return self._entries[name]
     except KeyError:
-      raise ValueError(f"unknown {self.kind} {name!r}; registered: {', '.join(self._entries)}") from None
+      raise ValueError(self.unknown(name)) from None
+
+  def unknown(self, name: str) -> str:
+    """The one-line message for a name nothing registered."""
+    known = ", ".join(self._entries) or "(none)"
+    add = f"; add one with {self.how} {WHERE}" if self.how else ""
+    return f"unknown {self.kind} {name!r}; registered: {known}{add}"
 
   def names(self) -> tuple[str, ...]:
     return tuple(self._entries)

@@ -36,6 +36,7 @@ from ssdh_jax import (
   metric_writer,
   models,
   optim,
+  plugins,
   preprocessing,
   run_dir,
 )
@@ -423,6 +424,8 @@ def train_and_evaluate(
     The evaluation results dict (also written to workdir/metrics.json) or, if stopped early, {'step': s}.
   """
   config_checks.check_config(config)  # one-line error naming the field, before any work
+  # Every name (backbone, loss, terms, graph, protocol, weights) resolves now, before the run folder exists.
+  config_checks.check_names(config, loss=loss_fn is None)
   if model is not None and (config.model.pretrained or config.model.trainable != optim.ALL):
     raise ValueError(
       "config.model.pretrained / config.model.trainable: they apply to the backbone config.model.name names; "
@@ -457,6 +460,7 @@ def train_and_evaluate(
       f.write(config.to_json_best_effort(indent=2))
     with open(os.path.join(workdir, "run_meta.json"), "w") as f:
       json.dump(meta, f, indent=2, default=str)
+    plugins.record(workdir)  # user modules (--module, entry points): eval.py and ssdh-search import them again
   ckpt = checkpoints.Checkpointer(workdir, config.train.keep_checkpoints, config.train.async_checkpoint)
   state, start = ckpt.restore_latest(state)
   if start:

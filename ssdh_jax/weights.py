@@ -613,6 +613,29 @@ def _cache_dir() -> str:
   return os.path.join(os.path.expanduser("~"), ".cache", "ssdh_jax")
 
 
+def check_pretrained(spec: str, model_name: str) -> str | None:
+  """Checks what config.model.pretrained names, without reading or downloading anything: a file that exists
+  (returns None), or 'torchvision' / 'torchvision:<model>' with <model> a registered backbone that has a
+  `BackboneSpec.torchvision_url` (returns <model>). Raises FileNotFoundError / ValueError (one line)."""
+  if not spec.startswith("torchvision"):
+    if not os.path.exists(spec):
+      raise FileNotFoundError(f"config.model.pretrained: {spec!r} does not exist")
+    return None
+  name = spec.split(":", 1)[1] if ":" in spec else model_name
+  have = ", ".join(torchvision_models())
+  if spec not in ("torchvision", f"torchvision:{name}"):
+    raise ValueError(
+      f"config.model.pretrained: {spec!r}: expected a file path, 'torchvision' or 'torchvision:<model>' with "
+      f"<model> one of {have}"
+    )
+  if name not in torchvision_models():
+    raise ValueError(
+      f"config.model.pretrained: {spec!r}: backbone {name!r} has no torchvision checkpoint; 'torchvision:<model>' "
+      f"takes one of {have} (a registered backbone gets one with BackboneSpec.torchvision_url)"
+    )
+  return name
+
+
 def resolve_pretrained(spec: str, model_name: str, *, download: bool = True) -> str:
   """The checkpoint file that config.model.pretrained names.
 
@@ -621,16 +644,9 @@ def resolve_pretrained(spec: str, model_name: str, *, download: bool = True) -> 
   (`BackboneSpec.packaged`), the local cache (~/.cache/ssdh_jax), then a download into that cache when `download` (and a
   network) allows. When none works, the error says how to get the file.
   """
-  if not spec.startswith("torchvision"):
-    if not os.path.exists(spec):
-      raise FileNotFoundError(f"config.model.pretrained: {spec!r} does not exist")
+  name = check_pretrained(spec, model_name)
+  if name is None:
     return spec
-  name = spec.split(":", 1)[1] if ":" in spec else model_name
-  if spec not in ("torchvision", f"torchvision:{name}") or name not in torchvision_models():
-    raise ValueError(
-      f"config.model.pretrained: {spec!r}: expected a file path, 'torchvision' or 'torchvision:<model>' with "
-      f"<model> one of {', '.join(torchvision_models())}"
-    )
   found = packaged_weights(name)
   if found:
     return found

@@ -26,7 +26,7 @@ def test_shipped_configs_pass(name):
     ("model.bits", 0, "must be ≥ 1, got 0"),
     ("optim.lr", 0.0, "must be > 0.0"),
     ("data.augment", "flip", "expected one of none | crop_flip | pad_crop_flip, got 'flip'"),
-    ("model.name", "resnet", "expected one of"),
+    ("model.name", "resnet", "unknown backbone 'resnet'; registered: vgg_f, alexnet"),
     ("eval.topk", (10, 0), "list of integers ≥ 1"),
     ("loss.neg_window", (5, 2), "0 ≤ a < b"),
     ("model.dropout", 1.0, "must be < 1.0"),

@@ -24,19 +24,25 @@ from ssdh_jax.models.vgg import VGG
 from ssdh_jax.models.vgg_f import VGGF
 from ssdh_jax.registry import Registry
 
-_SPECS: Registry[BackboneSpec] = Registry("backbone")
+_SPECS: Registry[BackboneSpec] = Registry("backbone", how="ssdh_jax.models.register_backbone(name, spec)")
 
 
 def register_backbone(name: str, spec: BackboneSpec) -> BackboneSpec:
-  """Makes `name` a valid config.model.name (training, evaluation, the CLI). Returns `spec`."""
+  """Makes `name` a valid config.model.name (training, evaluation, search). Returns `spec`.
+
+  From the command line: register it in a module passed with `--module path/to/file.py` to train.py; the run
+  folder records the module (modules.json), so eval.py and ssdh-search on that folder import it again.
+  """
   return _SPECS.add(name, spec)
 
 
 def backbone_spec(name: str) -> BackboneSpec:
+  """The spec registered under `name`; ValueError listing the registered backbones if none."""
   return _SPECS.get(name)
 
 
 def available_backbones() -> tuple[str, ...]:
+  """Registered backbone names (built-in ones first, in registration order)."""
   return _SPECS.names()
 
 

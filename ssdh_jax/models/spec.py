@@ -15,12 +15,17 @@ from ssdh_jax.models.layout import Layer
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
-  """A backbone as the registry knows it.
+  """A backbone as the registry knows it (`models.register_backbone(name, spec)`).
 
   build: `build(*, num_classes, dropout, width, dtype, param_dtype, axis_name, depthwise, pointwise, layers)`
     -> a Linen module `module(images (B, H, W, 3), train=bool)` returning features (B, F) (logits when
-    num_classes > 0);
-    a builder may ignore the arguments it has no use for, but must refuse `layers` unless it lists `layers`.
+    num_classes > 0); the config's model fields arrive as keywords, so take the ones you use and `**_` the rest.
+    `layers` is None (run the whole backbone, all of it trainable) unless the spec lists `layers` below; then
+    it may be (input_layer, output_layer, train_from) indices into that list (`models.build_backbone`).
+    "Refuse `layers`": a builder whose spec has no layer list must raise ValueError when `layers` is not None
+    (call `no_slices(name, layers)`), rather than silently run the whole backbone on a request for a slice.
+    With no layer list, model.trainable accepts only 'all' and 'heads' (others: a ValueError naming the field)
+    and the trainer never asks for a slice.
   image_size: nominal input size after crop.
   feature_dim: F (None when it depends on the config, e.g. small_cnn's width).
   batch_norm: carries BatchNorm state (applied with mutable=['batch_stats'] when training).
