@@ -2,6 +2,7 @@
 again by eval.py and ssdh-search through the run folder; ssdh_jax.plugins entry points; every config name
 resolved before a run folder exists."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -86,6 +87,20 @@ def test_a_missing_module_file_is_one_line(tmp_path):
     proc.returncode == 2 and proc.stderr.strip() == f"error: --module {tmp_path / 'my_ext.py'}: no such file"
   )
   assert not (tmp_path / "run").exists()
+
+
+def test_train_py_resuming_a_run_imports_its_recorded_modules_first(tmp_path):
+  """train.py on an existing run folder reads its modules.json before anything else: a recorded file that is
+  gone stops it in one line, and the folder is left as it was."""
+  record = {"modules": [{"name": "gone_ext", "kind": "path", "given": "gone_ext.py",
+                         "path": str(tmp_path / "gone_ext.py"), "sha256": "0" * 64}]}  # fmt: skip
+  (tmp_path / "modules.json").write_text(json.dumps(record))
+  proc = run("train.py", "--config", "configs/digits_demo.py", "--workdir", str(tmp_path))
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+    f"error: {tmp_path}/modules.json: this run was trained with module 'gone_ext' from {tmp_path}/gone_ext.py, "
+    "which no longer exists; pass --module with the file's new path"
+  )
+  assert os.listdir(tmp_path) == ["modules.json"]
 
 
 # ------------------------------------------------------------------------------- entry points
