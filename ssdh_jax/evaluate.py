@@ -232,7 +232,10 @@ def report(
     backend=eval_backend(config),
   )
   backend = res.pop("backend")
-  bits_on = hashing.unpack_bits(jnp.asarray(d["codes"]), config.model.bits)
+  stats = hashing.bit_statistics(hashing.unpack_bits(jnp.asarray(d["codes"]), config.model.bits))
+  # Constant bits never separate two database items: a 48-bit code with 20 of them is a 28-bit code.
+  res["constant_bits"] = int(stats["constant_bits"])
+  res["bit_entropy"] = float(stats["bit_entropy"])
   return {
     "key": {
       "protocol": config.data.protocol,
@@ -254,7 +257,7 @@ def report(
       "eval_backend": backend,  # what ranked the metrics: 'jax' or 'faiss' (same numbers either way)
     },
     "metrics": res,
-    "bit_balance": np.asarray(bits_on, np.float32).mean(axis=0),
+    "bit_balance": np.asarray(stats["ones"]),
   }
 
 

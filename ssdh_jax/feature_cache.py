@@ -11,7 +11,8 @@ everything the values depend on: backbone, prefix layer, weights file sha256 (or
 and depthwise implementation, input size, resize, preprocessing, and a fingerprint of the images themselves.
 A changed key computes a new entry (never a stale one); a file that fails its checksum or shape check is
 rebuilt with a warning. Files are written under a temporary name and renamed, so a killed extraction leaves
-no half-written entry.
+no half-written entry; the blocks of rows it had finished stay in `prefix-<key>.parts/` and a rerun computes
+only the rest.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -145,46 +147,136 @@ def _write(npy: str, side: str, key: Mapping[str, Any], ids: np.ndarray, feats: 
   os.replace(tmp_side, side)
 
 
+# Rows per chunk of an extraction in progress: each finished chunk is saved, so an interrupted extraction
+# continues where it stopped (a MobileNetV2 prefix over CIFAR-10 runs for 10+ minutes on a laptop CPU).
+CHUNK_ROWS = 4096
+
+
+class _Progress:
+  """A tqdm bar on a terminal, and a log line (images/s, ETA) at most every `every_s` seconds either way, so a
+  run with train.progress=False still says how far a long extraction has come."""
+
+  def __init__(self, total: int, bar: bool, every_s: float):
+    self.total, self.done, self.every_s = total, 0, every_s
+    self.t0 = self.t_log = time.perf_counter()
+    self.computed = 0  # rows computed here (not read back from saved chunks): the rate counts only these
+    self.bar = None
+    if bar:
+      from tqdm.auto import tqdm
+
+      self.bar = tqdm(total=total, desc="frozen prefix", unit="img", dynamic_ncols=True)
+
+  def update(self, rows: int, computed: bool) -> None:
+    self.done += rows
+    self.computed += rows if computed else 0
+    if self.bar is not None:
+      self.bar.update(rows)
+    now = time.perf_counter()
+    if now - self.t_log >= self.every_s or self.done == self.total:
+      self.t_log = now
+      rate = self.computed / max(now - self.t0, 1e-9)
+      eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+      logging.info("frozen prefix: %d/%d images, %.0f images/s, ETA %.0f s", self.done, self.total, rate, eta)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _rows(pool: Examples, start: int, stop: int) -> Examples:
+  return Examples(pool.images[start:stop], pool.labels[start:stop], pool.ids[start:stop])
+
+
+def _chunk_path(chunk_dir: str, start: int, stop: int) -> str:
+  return os.path.join(chunk_dir, f"rows-{start:09d}-{stop:09d}.npy")
+
+
+def _read_chunk(chunk_dir: str, start: int, stop: int) -> np.ndarray | None:
+  path = _chunk_path(chunk_dir, start, stop)
+  if not os.path.exists(path):
+    return None
+  try:
+    part = np.load(path)
+  except (OSError, ValueError) as e:
+    logging.warning("feature cache chunk %s is unreadable (%s); computing it again", path, e)
+    return None
+  if part.shape[0] != stop - start or part.dtype != np.float32:
+    logging.warning("feature cache chunk %s has shape %s; computing it again", path, part.shape)
+    return None
+  return part
+
+
+def _write_chunk(chunk_dir: str, start: int, part: np.ndarray) -> None:
+  os.makedirs(chunk_dir, exist_ok=True)
+  path = _chunk_path(chunk_dir, start, start + len(part))
+  tmp = f"{path}.tmp-{os.getpid()}.npy"
+  np.save(tmp, part)
+  os.replace(tmp, path)  # a chunk is there whole or not at all
+
+
 def extract(
   prefix_fn: Callable[[np.ndarray], jax.Array],
   pool: Examples,
   batches: Callable[[Examples], Any],
   *,
   progress: bool = True,
+  chunk_dir: str | None = None,
+  chunk_rows: int | None = None,
+  save_chunks: bool = True,
+  log_every_s: float = 30.0,
 ) -> np.ndarray:
-  """Runs `prefix_fn` (uint8 eval views (b,S,S,3) -> activations) over `pool` in order -> float32 (M, ...)."""
-  out, bar = None, None
-  if progress:
-    from tqdm.auto import tqdm
+  """Runs `prefix_fn` (uint8 eval views (b,S,S,3) -> activations) over `pool` in order -> float32 (M, ...).
 
-    bar = tqdm(total=len(pool), desc="frozen prefix", unit="img", dynamic_ncols=True)
-  row = 0
+  chunk_dir: where each finished block of `chunk_rows` (default CHUNK_ROWS) rows is saved (when save_chunks) and read back from
+    on a later call, so an interrupted extraction resumes; None: nothing is saved. The caller keys the folder
+    by everything the values depend on (`load_or_extract` does).
+  """
+  total = len(pool)
+  chunk_rows = int(chunk_rows or CHUNK_ROWS)
+  out = None
+  report = _Progress(total, progress, log_every_s)
+  try:
+    for start in range(0, total, chunk_rows):
+      stop = min(start + chunk_rows, total)
+      part = _read_chunk(chunk_dir, start, stop) if chunk_dir else None
+      if part is not None:
+        report.update(len(part), computed=False)
+      else:
+        part = _extract_rows(prefix_fn, _rows(pool, start, stop), batches, report)
+        if chunk_dir and save_chunks and stop < total:  # the last chunk goes straight into the entry
+          _write_chunk(chunk_dir, start, part)
+      if out is None:
+        out = np.empty((total, *part.shape[1:]), np.float32)
+      out[start:stop] = part
+  finally:
+    report.close()
+  if out is None:
+    raise RuntimeError("feature extraction over an empty image pool")
+  return out
+
+
+def _extract_rows(prefix_fn, rows: Examples, batches, report: _Progress) -> np.ndarray:
+  parts: list[np.ndarray] = []
   pending = (
     None  # one batch in flight: JAX dispatches asynchronously, so the host prepares the next meanwhile
   )
 
   def collect(acts) -> None:
-    nonlocal out, row
     acts = np.asarray(acts, np.float32)
-    if out is None:
-      out = np.empty((len(pool), *acts.shape[1:]), np.float32)
-    out[row : row + len(acts)] = acts
-    row += len(acts)
-    if bar is not None:
-      bar.update(len(acts))
+    parts.append(acts)
+    report.update(len(acts), computed=True)
 
-  for batch in batches(pool):
+  for batch in batches(rows):
     acts = prefix_fn(batch["image"])
     if pending is not None:
       collect(pending)
     pending = acts
   if pending is not None:
     collect(pending)
-  if bar is not None:
-    bar.close()
-  if row != len(pool):
-    raise RuntimeError(f"feature extraction produced {row} rows for {len(pool)} images")
-  return out
+  got = sum(len(p) for p in parts)
+  if got != len(rows):
+    raise RuntimeError(f"feature extraction produced {got} rows for {len(rows)} images")
+  return np.concatenate(parts)
 
 
 def load_or_extract(
@@ -207,9 +299,14 @@ def load_or_extract(
   feats = _read(npy, side, key, pool.ids)
   hit = feats is not None
   if feats is None:
-    feats = extract(prefix_fn, pool, batches, progress=bool(config.train.progress))
-    if jax.process_index() == 0:
+    main = jax.process_index() == 0
+    chunks = npy[: -len(".npy")] + ".parts"
+    feats = extract(
+      prefix_fn, pool, batches, progress=bool(config.train.progress), chunk_dir=chunks, save_chunks=main
+    )
+    if main:
       _write(npy, side, key, pool.ids, feats)
+      shutil.rmtree(chunks, ignore_errors=True)
   out = {}
   for name, ex in splits.items():
     rows = np.searchsorted(pool.ids, ex.ids)

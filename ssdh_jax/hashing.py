@@ -139,3 +139,26 @@ def hamming_pm1(q: ArrayLike, db: ArrayLike) -> Array:
   k = q.shape[-1]
   ip = jnp.matmul(q, db.T, precision=jax.lax.Precision.HIGHEST)
   return jnp.round((k - ip) * 0.5).astype(jnp.int32)
+
+
+def bit_statistics(bits: ArrayLike) -> dict[str, Array]:
+  """How much information each bit position carries over a set of codes (e.g. the database).
+
+  Args:
+    bits: (N, k) bool codes, N >= 1.
+
+  Returns:
+    'ones' (k,) float32 fraction of codes with the bit set; 'constant_bits' int32 scalar, the positions equal
+    over every code (fraction exactly 0 or 1: they never separate two items); 'bit_entropy' float32 scalar,
+    the mean over positions of the binary entropy of that fraction, in bits (1 = every bit balanced,
+    0 = every bit constant).
+  """
+  b = jnp.asarray(bits, bool)
+  n = b.shape[0]
+  count = jnp.sum(b, axis=0, dtype=jnp.int32)
+  p = count.astype(jnp.float32) / n
+  # 0 log 0 = 0: clip inside the logs and mask the products.
+  safe = lambda x: jnp.log2(jnp.clip(x, 1e-38, 1.0))
+  h = -(jnp.where(p > 0, p * safe(p), 0.0) + jnp.where(p < 1, (1 - p) * safe(1 - p), 0.0))
+  constant = jnp.sum((count == 0) | (count == n), dtype=jnp.int32)
+  return {"ones": p, "constant_bits": constant, "bit_entropy": jnp.mean(h)}
