@@ -617,3 +617,38 @@ def get_loss(name: str) -> LossFn:
 def available_losses() -> tuple[str, ...]:
   """Names accepted by `get_loss`."""
   return tuple(sorted(_REGISTRY.names()))
+
+
+# ------------------------------------------------------------------------------------------------ code terms
+# Registered extra terms (SSDHLoss.extra_terms) that make every bit carry information. Both are functions of
+# the whole global batch's codes (a mean and a covariance over rows), not sums over anchors: each call returns
+# the full-batch value times its anchors' share of the rows, so the shards' partials add up to the value and
+# its gradient (the codes are all-gathered, so every shard sees the same batch).
+
+
+def _signed_codes(inputs: TermInputs) -> Array:
+  return 2.0 * inputs.codes.astype(jnp.float32) - 1.0  # (N, k) in (-1, 1): 0 is the threshold
+
+
+def _anchor_share(inputs: TermInputs) -> Array:
+  return jnp.float32(inputs.anchors.shape[0]) / jnp.float32(inputs.num_rows)
+
+
+@register_term("bit_balance")
+def bit_balance(inputs: TermInputs) -> Array:
+  """(1/k) Σ_j (mean_i s_ij)² with s = 2h − 1: 0 when every bit is on for half the batch, 1 when every bit is
+  saturated to the same side for every row (a constant bit)."""
+  mean = jnp.mean(_signed_codes(inputs), axis=0)
+  return _anchor_share(inputs) * jnp.mean(mean * mean)
+
+
+@register_term("bit_decorrelation")
+def bit_decorrelation(inputs: TermInputs) -> Array:
+  """Mean squared off-diagonal entry of the bits' covariance over the batch, (1/(k(k−1))) Σ_{j≠l} C_jl² with
+  C = (1/N) Σ_i (s_i − s̄)(s_i − s̄)ᵀ, s = 2h − 1: 0 when no bit is a linear function of another."""
+  s = _signed_codes(inputs)
+  centred = s - jnp.mean(s, axis=0)
+  cov = jnp.matmul(centred.T, centred, precision=_HIGHEST) / s.shape[0]
+  k = cov.shape[0]
+  off = cov * (1.0 - jnp.eye(k, dtype=cov.dtype))
+  return _anchor_share(inputs) * jnp.sum(off * off) / max(k * (k - 1), 1)
