@@ -105,3 +105,85 @@ def test_mobilenet_v2_bad_depthwise_name_raises():
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   with pytest.raises(ValueError, match=r"config\.model\.depthwise"):
     jax.eval_shape(lambda x: MobileNetV2(depthwise="winograd").init(jax.random.key(0), x), x)
+
+
+# ------------------------------------------------------------------------------------------------ RGB stem
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _dense_value_and_vjp(x, w, g, stride, pad, impl):
+  """y = the dense convolution of x by w ('conv': lax's, 'shift': shifted_conv) and (dy/dx·g, dy/dw·g)."""
+
+  def f(x, w):
+    if impl == "shift":
+      return depthwise.shifted_conv(x, w, stride, pad)
+    dn = ("NHWC", "HWIO", "NHWC")
+    return jax.lax.conv_general_dilated(
+      x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=dn
+    )
+
+  y, vjp = jax.vjp(f, x, w)
+  return (y, *vjp(g))
+
+
+@pytest.mark.parametrize(
+  "hw,k,stride,cin",
+  [((9, 9), 3, 2, 3), ((8, 10), 3, 2, 3), ((7, 7), 3, 1, 3), ((11, 11), 5, 2, 1), ((12, 13), 3, 3, 4)],
+)
+def test_shifted_conv_matches_conv_values_and_gradients(hw, k, stride, cin):
+  rng = np.random.default_rng(3)
+  cout, pad = 6, (k - 1) // 2
+  ho, wo = (hw[0] + 2 * pad - k) // stride + 1, (hw[1] + 2 * pad - k) // stride + 1
+  x = jnp.asarray(rng.standard_normal((2, *hw, cin), np.float32))
+  w = jnp.asarray(rng.standard_normal((k, k, cin, cout), np.float32))
+  g = jnp.asarray(rng.standard_normal((2, ho, wo, cout), np.float32))
+  want = _dense_value_and_vjp(x, w, g, stride, pad, "conv")
+  got = _dense_value_and_vjp(x, w, g, stride, pad, "shift")
+  assert got[0].shape == want[0].shape == (2, ho, wo, cout)
+  for a, b in zip(got, want):  # y, d/dx, d/dkernel
+    np.testing.assert_allclose(a, b, **TOL)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_stem_conv_is_nn_conv_with_the_same_params(use_bias):
+  """StemConv draws the same parameters as nn.Conv from the same key (checkpoints, the weight loader and a
+  run's init are unchanged) and computes the same function under either lowering; bf16 in → bf16 out."""
+  x = jnp.asarray(np.random.default_rng(4).standard_normal((2, 15, 15, 3), np.float32))
+  ref = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=use_bias)
+  variables = ref.init(jax.random.key(0), x)
+  want = jax.jit(ref.apply)(variables, x)
+  for impl in ("conv", "shift"):
+    mod = depthwise.StemConv(8, 3, 2, 1, impl=impl, use_bias=use_bias)
+    got_vars = mod.init(jax.random.key(0), x)
+    assert jax.tree.structure(got_vars) == jax.tree.structure(variables)
+    jax.tree.map(np.testing.assert_array_equal, got_vars, variables)
+    np.testing.assert_allclose(jax.jit(mod.apply)(variables, x), want, **TOL)
+    out = jax.jit(depthwise.StemConv(8, 3, 2, 1, impl=impl, use_bias=use_bias, dtype=jnp.bfloat16).apply)(
+      variables, x
+    )
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out.astype(jnp.float32), want, rtol=5e-2, atol=5e-2)
+
+
+def test_stem_conv_runs_the_convolution_beyond_a_few_input_channels():
+  """Past STEM_MAX_CHANNELS the shifted form would lose; 'shift' then runs the convolution, bit for bit."""
+  c = depthwise.STEM_MAX_CHANNELS + 1
+  x = jnp.asarray(np.random.default_rng(5).standard_normal((1, 9, 9, c), np.float32))
+  variables = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), use_bias=False).init(jax.random.key(1), x)
+  conv = jax.jit(depthwise.StemConv(4, 3, 1, 1, impl="conv").apply)(variables, x)
+  shift = jax.jit(depthwise.StemConv(4, 3, 1, 1, impl="shift").apply)(variables, x)
+  np.testing.assert_array_equal(shift, conv)
+
+
+def test_mobilenet_v2_stem_lowering_follows_depthwise_and_keeps_its_init():
+  """features_0's conv is shifted multiply-adds under depthwise='shift', a convolution under 'conv'; both
+  initialise the same values (the init of a run does not depend on the lowering)."""
+  x = jnp.asarray(np.random.default_rng(6).standard_normal((1, 16, 16, 3), np.float32))
+  conv, shift = MobileNetV2(depthwise="conv", output_layer=1), MobileNetV2(depthwise="shift", output_layer=1)
+  v_conv = jax.jit(conv.init)(jax.random.key(0), x)
+  v_shift = jax.jit(shift.init)(jax.random.key(0), x)
+  jax.tree.map(np.testing.assert_array_equal, v_shift, v_conv)
+  assert v_conv["params"]["features_0"]["conv"]["kernel"].shape == (3, 3, 3, 32)
+  np.testing.assert_allclose(jax.jit(shift.apply)(v_conv, x), jax.jit(conv.apply)(v_conv, x), **TOL)
+  hlo = {m: jax.jit(m.apply).lower(v_conv, x).as_text() for m in (conv, shift)}
+  assert "convolution" in hlo[conv] and "convolution" not in hlo[shift]

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ssdh_jax.models import layout
-from ssdh_jax.models.depthwise import DepthwiseConv
+from ssdh_jax.models.depthwise import STEM_MAX_CHANNELS, DepthwiseConv, StemConv
 from ssdh_jax.models.pointwise import PointwiseConv
 from ssdh_jax.models.spec import BackboneSpec
 
@@ -59,6 +59,8 @@ class ConvBNAct(nn.Module):
   A depthwise conv (groups == features == input channels > 1) runs through DepthwiseConv with lowering
   `depthwise` ('auto', 'conv', 'shift'); its parameter is the same `conv/kernel` (k, k, 1, C) as nn.Conv's.
   A 1×1 stride-1 conv runs through PointwiseConv with lowering `pointwise` ('auto', 'conv', 'dot'), likewise.
+  A conv of an input with few channels (the RGB stem) runs through StemConv with lowering `depthwise` (its
+  'shift' is the same shifted multiply-adds); its parameter is nn.Conv's `conv/kernel` too.
   """
 
   features: int
@@ -90,6 +92,18 @@ class ConvBNAct(nn.Module):
       x = PointwiseConv(
         self.features,
         impl=self.pointwise,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=_conv_init,
+        name="conv",
+      )(x)
+    elif self.groups == 1 and x.shape[-1] <= STEM_MAX_CHANNELS:
+      x = StemConv(
+        self.features,
+        self.kernel,
+        self.stride,
+        pad,
+        impl=self.depthwise,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         kernel_init=_conv_init,
@@ -172,8 +186,8 @@ class MobileNetV2(nn.Module):
     num_classes: 0 → global-average-pooled features (B, 1280); > 0 → dropout(0.2) + classifier logits.
     axis_name: pmap/shard_map axis over which BatchNorm averages batch statistics (None: per device).
     dtype: compute dtype; param_dtype: parameter dtype.
-    depthwise: lowering of the 3×3 depthwise convs, 'auto' (shift on CPU, conv elsewhere), 'conv' or 'shift'
-      (see models/depthwise.py); the parameters are the same either way.
+    depthwise: lowering of the 3×3 depthwise convs and of the RGB stem conv, 'auto' (shift on CPU, conv
+      elsewhere), 'conv' or 'shift' (see models/depthwise.py); the parameters are the same either way.
     pointwise: lowering of the 1×1 convs, 'auto' (a matmul on CPU, conv elsewhere), 'conv' or 'dot' (see
       models/pointwise.py); the parameters are the same either way.
     input_layer, output_layer: run LAYERS[input_layer:output_layer] only. input_layer > 0: x is the activation
@@ -205,7 +219,9 @@ class MobileNetV2(nn.Module):
     for i in range(self.input_layer, self.output_layer):
       t_i = train and i >= self.train_from
       if i == 0:
-        x = ConvBNAct(STEM_CHANNELS, kernel=3, stride=2, name="features_0", **kw)(x, t_i)
+        x = ConvBNAct(STEM_CHANNELS, kernel=3, stride=2, depthwise=self.depthwise, name="features_0", **kw)(
+          x, t_i
+        )
       elif i <= len(specs):
         cin, cout, stride, t = specs[i - 1]
         x = InvertedResidual(

@@ -1,0 +1,565 @@
+"""Backbone inference on the CPU, JAX (ssdh_jax) against PyTorch at its best, paired, same weights.
+
+One timed call = a uint8 NHWC batch → preprocessing → backbone (inference: BatchNorm running statistics, no
+dropout) → features, synchronised. Rows: MobileNetV2 at 96, 160 and 224 px, VGG-F and VGG-16 at 224 px, and,
+as a user feels them, the frozen-prefix extraction (`feature_cache.extract` with the jitted prefix exactly as
+`train_lib.input_view` builds it, 32-px images resized to 160 by `pipeline.eval_batches`, MobileNetV2 up to
+features_18 as configs/cifar10_mobilenet_v2_cpu.py) and `evaluate.encode` (what eval.py runs: the whole hashing
+model, 48 bits, codes packed; relaxed codes kept as for the database). The PyTorch peers of those two rows take
+the same uint8 batches from the same host pipeline and run bench/torch_ref.py's port of the network.
+
+Same weights: MobileNetV2 loads the packaged ImageNet checkpoint when installed (else a seeded init); VGG-F and
+VGG-16 a seeded Flax init; the JAX variables are exported to the PyTorch layout (ssdh_jax.weights) and loaded
+with strict=True. Before any timing, every side's output on the timed batch is compared with the JAX side's:
+max |Δ| / max |JAX| ≤ 1e-4 (fp32; summation order differs), else the row is reported as failed, not timed.
+
+PyTorch at its best, every side timed, the fastest per row is "best": eager under torch.inference_mode with
+channels_last model and input, eager contiguous NCHW, and torch.compile (inductor, channels_last, freezing on:
+BatchNorm folded, weights prepacked for oneDNN). Threads set on both sides (torch.set_num_threads, one
+interop thread; XLA: one intra-op thread at 1, its pool on the pinned cores at 2), every side its own process
+bound to the same cores (bench/paired.py), rounds alternating in order, ratio = per-image time of the PyTorch
+side / per-image time of JAX per round, median (IQR; min–max). > 1: JAX is faster.
+
+  .venv/bin/python bench/bench_inference.py [--quick] [--threads 1,2] [--rows mbv2_160,vgg_f] [--rounds N]
+      [--per-round N] [--no-compile] [--jax-variants depthwise=shift] [--out bench/results/inference_cpu.md]
+
+--jax-variants adds more JAX sides to every MobileNetV2 backbone row, each a model override such as
+depthwise=conv or pointwise=conv (';' joins several), or stem_max_channels=0 (the stem as XLA's convolution:
+the default before issue 27); each is paired with the default JAX side.
+--quick: MobileNetV2 at 96 px, 1 thread, JAX vs eager channels_last, 4 rounds (< 2 min on 2 loaded cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH_DIR)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, BENCH_DIR)
+import paired  # noqa: E402  (bench/paired.py)
+
+
+def _early_setup() -> None:
+  """A worker pins its threads before numpy / jax / torch start their pools (bench_train's rule)."""
+  if __name__ == "__main__" and "--worker" in sys.argv:
+    spec = json.loads(sys.argv[sys.argv.index("--worker") + 1])
+    try:
+      os.setsid()  # its own process group: a worker past its deadline is killed with its children
+    except OSError:
+      pass
+    paired.pin_threads(int(spec["threads"]), spec.get("cores") or None)
+
+
+_early_setup()
+
+import numpy as np  # noqa: E402
+
+TOL = 1e-4  # max |Δ| / max |JAX output|, fp32
+BITS = 48
+NUM_CLASSES = 10
+# name: (backbone, input px, JAX batch, PyTorch batch). Batches: what each side ran fastest per image at
+# 1 thread among 8/16/32 (`--batch-sweep`); VGG-16 stays at 8 to keep a round short.
+ROWS = {
+  "mbv2_96": ("mobilenet_v2", 96, 32, 32),
+  "mbv2_160": ("mobilenet_v2", 160, 32, 32),
+  "mbv2_224": ("mobilenet_v2", 224, 16, 16),
+  "vgg_f": ("vgg_f", 224, 16, 16),
+  "vgg16": ("vgg16", 224, 8, 8),
+  "extract_mbv2_160": ("mobilenet_v2", 160, 128, 128),  # 256 images, eval batches of 128
+  "encode_mbv2_160": ("mobilenet_v2", 160, 128, 128),
+}
+USER_IMAGES = 256
+PREPROCESS = {"mobilenet_v2": "imagenet", "vgg_f": "caffe_bgr", "vgg16": "imagenet"}
+TORCH_SIDES = ("eager_cl", "eager_nchw", "compile_cl")
+TORCH_LABEL = {
+  "eager_cl": "eager, channels_last, inference_mode",
+  "eager_nchw": "eager, contiguous NCHW, inference_mode",
+  "compile_cl": "torch.compile (inductor, freezing), channels_last, inference_mode",
+}
+
+
+def images_for(n: int, size: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def user_config(row: str):
+  """configs/cifar10_mobilenet_v2_cpu.py for the extraction / encode rows (in-memory 32-px images)."""
+  from configs.cifar10_mobilenet_v2_cpu import get_config
+
+  c = get_config()
+  c.eval.batch_size = ROWS[row][2]
+  if row.startswith("encode"):
+    c.model.trainable = "all"  # eval.py on a run that trained the whole network encodes from the images
+  return c
+
+
+def user_examples(n: int):
+  from ssdh_jax.data.sources import Examples
+
+  labels = np.eye(NUM_CLASSES, dtype=np.float32)[np.arange(n) % NUM_CLASSES]
+  return Examples(images_for(n, 32, seed=5), labels, np.arange(n, dtype=np.int64))
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+
+def prepare_weights(backbone: str, size: int, out_dir: str, hashing_heads: bool) -> dict[str, str]:
+  """Writes the JAX variables (flattened .npz) and the same values as a torch_ref state dict (.npz); returns
+  their paths and where the values came from."""
+  import jax
+  from flax import traverse_util
+
+  from ssdh_jax import models, weights
+
+  source = f"Flax init, seed 0 ({size} px)"
+  if hashing_heads:
+    model = models.build_model({"name": backbone, "bits": BITS, "num_classes": NUM_CLASSES})
+  else:
+    model = models.build_backbone(backbone)
+  variables = models.init_variables(model, jax.random.key(0), size)
+  packaged = weights.packaged_weights(backbone) if backbone == "mobilenet_v2" else None
+  if packaged:
+    variables = weights.load_pretrained(variables, packaged, backbone)
+    source = f"ImageNet ({os.path.basename(packaged)}, packaged)"
+  variables = jax.device_get(variables)
+  if backbone == "vgg_f":
+    sd = vgg_f_torch_state(weights.variables_to_vgg_f_npz(variables))
+  else:
+    sd = weights.variables_to_torch_state_dict(variables, backbone)
+  sd = {k: v for k, v in sd.items() if not k.startswith("classifier.") or backbone != "mobilenet_v2"}
+  if hashing_heads:
+    sd = {f"backbone.{k}": v for k, v in sd.items()}
+    for head in ("hash", "classifier"):
+      sd[f"{head}.weight"] = np.asarray(variables["params"][head]["kernel"]).T.copy()
+      sd[f"{head}.bias"] = np.asarray(variables["params"][head]["bias"])
+  tag = f"{backbone}{'_heads' if hashing_heads else ''}"
+  paths = {
+    "jax": os.path.join(out_dir, f"{tag}_flax.npz"),
+    "torch": os.path.join(out_dir, f"{tag}_torch.npz"),
+  }
+  flat = traverse_util.flatten_dict(dict(variables), sep="/")
+  np.savez(paths["jax"], **{k: np.asarray(v) for k, v in flat.items()})
+  np.savez(paths["torch"], **{k: np.asarray(v) for k, v in sd.items()})
+  return {**paths, "source": source}
+
+
+def vgg_f_torch_state(npz: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """ssdh_jax's VGG-F .npz layout (HWIO convs, fc6 a 6×6 filter) → torch_ref.VGGF's state dict."""
+  conv_idx = {1: 0, 2: 4, 3: 8, 4: 10, 5: 12}
+  sd = {}
+  for i, j in conv_idx.items():
+    sd[f"features.{j}.weight"] = np.ascontiguousarray(npz[f"conv{i}_w"].transpose(3, 2, 0, 1))
+    sd[f"features.{j}.bias"] = npz[f"conv{i}_b"]
+  fc6 = npz["fc6_w"]  # (6, 6, 256, 4096) → (4096, 256·6·6) in torch's (C, H, W) flatten order
+  sd["classifier.0.weight"] = np.ascontiguousarray(fc6.transpose(3, 2, 0, 1).reshape(fc6.shape[3], -1))
+  sd["classifier.0.bias"] = npz["fc6_b"]
+  sd["classifier.3.weight"] = np.ascontiguousarray(npz["fc7_w"].T)
+  sd["classifier.3.bias"] = npz["fc7_b"]
+  return sd
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+
+def jax_worker(spec: dict[str, Any]):
+  """(one synchronised call, its output for the check, info)."""
+  import jax
+  from flax import traverse_util
+
+  from ssdh_jax import feature_cache, models, preprocessing
+  from ssdh_jax.models import depthwise, pointwise
+
+  flat = dict(np.load(spec["weights"]))
+  variables = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+  name, size, batch, task = spec["backbone"], spec["size"], spec["batch"], spec["task"]
+  over = dict(spec.get("overrides") or {})
+  if "stem_max_channels" in over:  # 0: the RGB stem as the convolution, the lowering before issue 27
+    depthwise.STEM_MAX_CHANNELS = int(over.pop("stem_max_channels"))
+  info = {
+    "depthwise": depthwise.resolve_impl(over.get("depthwise", "auto")),
+    "pointwise": pointwise.resolve_impl(over.get("pointwise", "auto")),
+  }
+  t0 = time.perf_counter()
+  if task == "backbone":
+    model = models.build_backbone(name, **over)
+    pre = PREPROCESS[name]
+    fn = jax.jit(lambda v, x: model.apply(v, preprocessing.preprocess(x, pre), train=False))
+    images = jax.device_put(images_for(batch, size))
+    variables = jax.device_put(variables)
+    compiled = fn.lower(variables, images).compile()
+
+    def call():
+      return jax.block_until_ready(compiled(variables, images))
+
+    out = np.asarray(call())
+  else:
+    from ssdh_jax import evaluate
+    from ssdh_jax.data import pipeline
+
+    cfg = user_config(spec["row"])
+    for k, v in over.items():
+      cfg.model[k] = v
+    pool = user_examples(USER_IMAGES)
+    if task == "extract":
+      prefix, _ = models.build_prefix(cfg.model)
+      bvars = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+      @jax.jit  # as train_lib.input_view: the variables are closed over
+      def prefix_fn(images):
+        return prefix.apply(bvars, preprocessing.preprocess(images, cfg.model.preprocess), train=False)
+
+      batches = lambda ex: pipeline.eval_batches(ex, cfg, int(cfg.eval.batch_size))
+
+      def call():
+        return feature_cache.extract(prefix_fn, pool, batches, progress=False)
+
+      out = call()
+    else:
+      model = models.build_model(cfg.model)
+      state = evaluate.ModelState(variables["params"], variables["batch_stats"])
+
+      def call():
+        return evaluate.encode(cfg, model, state, pool, return_relaxed=True)
+
+      out = call()["relaxed"]
+  info["first_call_s"] = time.perf_counter() - t0
+  return call, out, info
+
+
+def torch_worker(spec: dict[str, Any]):
+  import torch
+  import torch_ref
+
+  torch.set_num_threads(int(spec["threads"]))
+  try:
+    torch.set_num_interop_threads(1)
+  except RuntimeError:
+    pass
+  name, size, batch, task, side = spec["backbone"], spec["size"], spec["batch"], spec["task"], spec["side"]
+  cl = side.endswith("_cl")
+  fmt = torch.channels_last if cl else torch.contiguous_format
+  sd = {k: torch.from_numpy(v) for k, v in np.load(spec["weights"]).items()}
+  if task == "encode":
+    model = torch_ref.build_model(name, BITS, NUM_CLASSES)
+  else:
+    model = {"mobilenet_v2": torch_ref.MobileNetV2, "vgg_f": torch_ref.VGGF, "vgg16": torch_ref.VGG16}[name]()
+  model.load_state_dict(sd, strict=True)
+  model.eval()
+  if task == "extract":
+    model = model.features[:18]  # the activation entering features.18, as build_prefix(trainable=features_18)
+  model = model.to(memory_format=fmt)
+  pre = PREPROCESS[name]
+
+  def forward(x):
+    return model(torch_ref.preprocess(x, pre).contiguous(memory_format=fmt))
+
+  if side.startswith("compile"):
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # inference: fold BatchNorm into the convs, prepack weights
+    forward = torch.compile(forward)
+  t0 = time.perf_counter()
+  if task == "backbone":
+    images = torch.from_numpy(images_for(batch, size))
+
+    def call():
+      with torch.inference_mode():
+        return forward(images)
+
+    out = call().numpy()
+  else:
+    from ssdh_jax import feature_cache
+    from ssdh_jax.data import pipeline
+
+    cfg = user_config(spec["row"])
+    pool = user_examples(USER_IMAGES)
+    batches = lambda ex: pipeline.eval_batches(ex, cfg, int(cfg.eval.batch_size))
+    if task == "extract":
+
+      def prefix_fn(images):  # NCHW in channels_last memory: permuted back to NHWC it is contiguous
+        with torch.inference_mode():
+          return forward(torch.from_numpy(images)).permute(0, 2, 3, 1).numpy()
+
+      def call():
+        return feature_cache.extract(prefix_fn, pool, batches, progress=False)
+
+      out = call()
+    else:
+
+      def call():
+        codes, relaxed = [], []
+        for b in batches(pool):
+          with torch.inference_mode():
+            h = forward(torch.from_numpy(b["image"]))["codes"].numpy()
+          codes.append(np.packbits(h >= 0.5, axis=1, bitorder="little"))
+          relaxed.append(h)
+        return {"codes": np.concatenate(codes), "relaxed": np.concatenate(relaxed)}
+
+      out = call()["relaxed"]
+  info = {"first_call_s": time.perf_counter() - t0, "torch_threads": torch.get_num_threads()}
+  return call, out, info
+
+
+def worker_main(spec_json: str) -> None:
+  spec = json.loads(spec_json)
+  call, out, info = (jax_worker if spec["framework"] == "jax" else torch_worker)(spec)
+  np.save(spec["check_path"], np.asarray(out, np.float32))
+  for _ in range(int(spec.get("warmup", 1))):
+    call()
+  info["cores"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+  paired.serve(call, info)
+
+
+# ------------------------------------------------------------------------------------------------ parent
+
+
+class Worker(paired.Worker):
+  """paired.Worker that kills its whole process group (torch.compile starts helpers)."""
+
+  def kill(self) -> None:
+    proc = getattr(self, "proc", None)
+    if proc is None or proc.poll() is not None:
+      return
+    try:
+      os.killpg(proc.pid, 9)
+    except (ProcessLookupError, PermissionError):
+      proc.kill()
+    proc.wait()
+
+
+def side_specs(row: str, args, weights_paths, tmp: str, threads: int, cores) -> list[dict[str, Any]]:
+  backbone, size, jb, tb = ROWS[row]
+  task = "extract" if row.startswith("extract") else "encode" if row.startswith("encode") else "backbone"
+  common = {"row": row, "backbone": backbone, "size": size, "task": task, "threads": threads, "cores": cores}
+  specs = [{**common, "key": "jax", "framework": "jax", "batch": jb, "weights": weights_paths["jax"]}]
+  if task == "backbone" and backbone == "mobilenet_v2":
+    for v in args.jax_variants:
+      over = dict(kv.split("=", 1) for kv in v.split(";"))
+      specs.append({**specs[0], "key": f"jax[{v}]", "overrides": over})
+  if args.torch:
+    sides = ["eager_cl"] if args.quick else list(TORCH_SIDES)
+    if args.no_compile and "compile_cl" in sides:
+      sides.remove("compile_cl")
+    if task != "backbone":
+      sides = [s for s in sides if s != "eager_nchw"]
+    for s in sides:
+      specs.append(
+        {**common, "key": f"torch_{s}", "framework": "torch", "side": s, "batch": tb,
+         "weights": weights_paths["torch"]}
+      )  # fmt: skip
+  for s in specs:
+    s["check_path"] = os.path.join(tmp, f"{row}_{threads}_{s['key'].replace('/', '_')}.npy")
+    s["warmup"] = 1
+  return specs
+
+
+def run_row(row: str, args, weights_paths, tmp: str, threads: int, cores) -> dict[str, Any]:
+  specs = side_specs(row, args, weights_paths, tmp, threads, cores)
+  workers: dict[str, Worker] = {}
+  result: dict[str, Any] = {"row": row, "sides": {}, "threads": threads}
+  per_image = {s["key"]: (1 if s["task"] != "backbone" else s["batch"]) for s in specs}
+  try:
+    for s in specs:
+      t = time.perf_counter()
+      timeout = args.compile_timeout if s.get("side", "").startswith("compile") else args.timeout
+      try:
+        workers[s["key"]] = Worker([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(s)],
+                                   timeout=timeout)  # fmt: skip
+        info = dict(workers[s["key"]].info)
+      except (TimeoutError, RuntimeError) as e:
+        info = {"error": f"not ready: {str(e)[:160]}"}
+      info["ready_s"] = time.perf_counter() - t
+      result["sides"][s["key"]] = {"spec": s, "info": info}
+      print(f"[bench_inference] {row} {threads}t {s['key']}: {info.get('error', 'ready')} after "
+            f"{info['ready_s']:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+    ref = np.load(specs[0]["check_path"]) if "jax" in workers else None
+    for s in specs:
+      side = result["sides"][s["key"]]
+      if s["key"] not in workers or ref is None:
+        continue
+      out = np.load(s["check_path"])
+      if out.shape != ref.shape:
+        side["check"] = f"shape {out.shape} != {ref.shape}"
+      else:
+        side["rel_diff"] = float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+        if not side["rel_diff"] <= TOL:
+          side["check"] = f"outputs differ: max|Δ|/max|JAX| = {side['rel_diff']:.1e} > {TOL:g}"
+      if "check" in side:
+        workers.pop(s["key"]).close()
+    if "jax" in workers:
+      times = paired.interleave(workers, args.rounds, per_round=args.per_round)
+      imgs = {k: [t / per_image[k] for t in v] for k, v in times.items()}
+      for k, v in imgs.items():
+        side = result["sides"][k]
+        side["per_image_ms"] = 1e3 * statistics.median(v)
+        per_call = result["sides"][k]["spec"]["task"] != "backbone"
+        side["images_s"] = (USER_IMAGES if per_call else 1.0) / statistics.median(v)
+        if k != "jax":
+          side["ratio"] = paired.ratio_stats(imgs, k, "jax")
+          side["ratio_summary"] = paired.ratio_summary(imgs, k, "jax")
+      torch_keys = [k for k in imgs if k.startswith("torch")]
+      if torch_keys:
+        best = min(torch_keys, key=lambda k: statistics.median(imgs[k]))
+        result["best_torch"] = best
+  finally:
+    for w in workers.values():
+      w.close()
+  return result
+
+
+def fmt_row(res: dict[str, Any]) -> list[str]:
+  lines = []
+  row = res["row"]
+  for key, side in res["sides"].items():
+    s, info = side["spec"], side["info"]
+    label = "JAX jit" if key == "jax" else f"JAX jit, {key[4:-1]}" if key.startswith("jax[") else \
+      f"PyTorch {TORCH_LABEL[s['side']]}"  # fmt: skip
+    if key.startswith("jax"):
+      label += f" (depthwise={info.get('depthwise', '?')}, pointwise={info.get('pointwise', '?')})"
+    if key == res.get("best_torch"):
+      label += " **best PyTorch**"
+    err = info.get("error") or side.get("check")
+    if err:
+      lines.append(f"| {row} | {s['threads']} | {label} | {s['batch']} | failed: {err} | | | |")
+      continue
+    ratio = "1 (reference)" if key == "jax" else side.get("ratio_summary", "n/a")
+    diff = "reference" if key == "jax" else f"{side.get('rel_diff', float('nan')):.1e}"
+    unit = "ms/image" if s["task"] == "backbone" else f"ms/{USER_IMAGES} images"
+    per = side.get("per_image_ms", math.nan)
+    lines.append(
+      f"| {row} | {s['threads']} | {label} | {s['batch']} | {ratio} | {per:.2f} {unit} | "
+      f"{side.get('images_s', math.nan):,.1f} | {diff} |"
+    )
+  return lines
+
+
+def summary_line(res: dict[str, Any]) -> str:
+  best = res.get("best_torch")
+  row = res["row"]
+  if not best:
+    return f"| {row} | {res['threads']} | n/a | n/a | |"
+  side = res["sides"][best]
+  target = row in ("mbv2_160", "mbv2_224", "vgg_f", "extract_mbv2_160")
+  met = ""
+  if target and "ratio" in side:
+    met = "met" if side["ratio"]["median"] >= 1.0 else "short"
+  return (
+    f"| {row} | {res['threads']} | {TORCH_LABEL[side['spec']['side']]} | {side['ratio_summary']} | {met} |"
+  )
+
+
+def main(argv: list[str] | None = None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true", help="MobileNetV2 96 px, 1 thread, eager channels_last")
+  ap.add_argument("--rows", default="", help=f"comma-separated subset of {','.join(ROWS)}")
+  ap.add_argument("--threads", default="", help="thread counts per side (default 1,2; quick 1)")
+  ap.add_argument("--rounds", type=int, default=0, help="paired rounds per row (default 8, quick 4)")
+  ap.add_argument("--per-round", type=int, default=0, help="calls per side per round, median (default 2)")
+  ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile sides")
+  ap.add_argument("--no-torch", action="store_true", help="JAX sides only")
+  ap.add_argument("--jax-variants", default="", help="extra JAX sides, e.g. 'depthwise=shift,pointwise=conv'")
+  ap.add_argument("--timeout", type=float, default=600.0, help="seconds for a side to be ready")
+  ap.add_argument("--compile-timeout", type=float, default=600.0, help="the same for torch.compile sides")
+  ap.add_argument("--out", default="", help="also write the Markdown report here")
+  ap.add_argument("--json", default="", help="also write the raw results as JSON here")
+  ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
+  args = ap.parse_args(argv)
+  if args.worker:
+    worker_main(args.worker)
+    return
+  t_start = time.perf_counter()
+  rows = args.rows.split(",") if args.rows else (["mbv2_96"] if args.quick else list(ROWS))
+  threads_list = (
+    [int(t) for t in args.threads.split(",")] if args.threads else ([1] if args.quick else [1, 2])
+  )
+  args.rounds = args.rounds or (4 if args.quick else 8)
+  args.per_round = args.per_round or (1 if args.quick else 2)
+  args.jax_variants = [v for v in args.jax_variants.split(",") if v]
+  args.torch = False
+  notes = []
+  if args.no_torch:
+    notes.append("PyTorch sides disabled (--no-torch).")
+  else:
+    try:
+      import torch
+
+      args.torch = True
+      torch_version = torch.__version__
+    except ImportError as e:
+      print(f"!!! bench_inference: torch is not installed ({e}): PyTorch sides SKIPPED, JAX rows only !!!",
+            file=sys.stderr, flush=True)  # fmt: skip
+      notes.append(f"PyTorch sides skipped: torch not importable ({e}).")
+  import jax
+
+  load_start = os.getloadavg()
+  lines_all, summaries, raw = [], [], []
+  with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
+    prepared: dict[tuple[str, bool], dict[str, str]] = {}
+    for threads in threads_list:
+      cores = sorted(os.sched_getaffinity(0))[:threads] if hasattr(os, "sched_getaffinity") else None
+      t_threads = time.perf_counter()
+      for row in rows:
+        backbone, size = ROWS[row][:2]
+        heads = row.startswith("encode")
+        if (backbone, heads) not in prepared:
+          prepared[(backbone, heads)] = prepare_weights(backbone, size, tmp, heads)
+        res = run_row(row, args, prepared[(backbone, heads)], tmp, threads, cores)
+        res["weights"] = prepared[(backbone, heads)]["source"]
+        raw.append(res)
+        lines_all += fmt_row(res)
+        summaries.append(summary_line(res))
+        print("\n".join(fmt_row(res)), file=sys.stderr, flush=True)
+      notes.append(f"{threads} thread(s): " + paired.rounds_note(args.rounds, t_threads))
+  header = [
+    "# Backbone inference on the CPU: JAX (ssdh_jax) vs PyTorch at its best, paired",
+    "",
+    f"Output of `.venv/bin/python bench/bench_inference.py {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip()
+    + f" ({time.strftime('%Y-%m-%d', time.gmtime())}).",
+    "",
+    f"Machine: {paired.machine_header(max(threads_list))} at the start ({paired.cpu_model()}); load average "
+    f"at the start {', '.join(f'{v:.1f}' for v in load_start)}. jax {jax.__version__}; torch "
+    f"{torch_version if args.torch else 'not installed'}. Every side is its own process bound to the first "
+    f"N cores; {args.rounds} rounds, each the median of {args.per_round} call(s) per side, order alternating.",
+    "",
+    "Ratio = per-image time of the side / per-image time of JAX in the same round, median (IQR q1–q3; "
+    "min–max), n: > 1 means JAX is faster. Outputs checked before timing: max|Δ|/max|JAX| ≤ "
+    f"{TOL:g}. Batch = images per call of that side (extract / encode rows: eval batch of the pipeline, "
+    f"{USER_IMAGES} images per call, time per call).",
+    "",
+    "| row | threads | side | batch | t_side / t_JAX median (IQR; min–max), n | time | images/s | max rel. diff |",
+    "|---|---:|---|---:|---|---:|---:|---|",
+  ]
+  summary = [
+    "",
+    "Summary, JAX against the best PyTorch side of each row (target ≥ 1.0 for mbv2_160, mbv2_224, vgg_f):",
+    "",
+    "| row | threads | best PyTorch side | t_best / t_JAX median (IQR; min–max), n | target |",
+    "|---|---:|---|---|---|",
+    *summaries,
+    "",
+    "Weights: " + "; ".join(sorted({f"{r['row']}: {r['weights']}" for r in raw})) + ".",
+    *[f"- {n}" for n in notes],
+    f"- wall time of this command: {time.perf_counter() - t_start:.0f} s; load average at the end "
+    + ", ".join(f"{v:.1f}" for v in os.getloadavg()),
+  ]
+  text = "\n".join(header + lines_all + summary)
+  print(text)
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text + "\n")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(raw, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+  main()
