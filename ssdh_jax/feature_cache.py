@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -153,8 +154,8 @@ CHUNK_ROWS = 4096
 
 
 class _Progress:
-  """A tqdm bar on a terminal, and a log line (images/s, ETA) at most every `every_s` seconds either way, so a
-  run with train.progress=False still says how far a long extraction has come."""
+  """A tqdm bar when asked for; otherwise a line on stderr (images/s, ETA) at most every `every_s` seconds, so
+  a run with train.progress=False still says how far a long extraction has come."""
 
   def __init__(self, total: int, bar: bool, every_s: float):
     self.total, self.done, self.every_s = total, 0, every_s
@@ -176,7 +177,10 @@ class _Progress:
       self.t_log = now
       rate = self.computed / max(now - self.t0, 1e-9)
       eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-      logging.info("frozen prefix: %d/%d images, %.0f images/s, ETA %.0f s", self.done, self.total, rate, eta)
+      line = f"frozen prefix: {self.done}/{self.total} images, {rate:.0f} images/s, ETA {eta:.0f} s"
+      if self.bar is None:  # stderr, not logging: the commands keep the console at WARNING
+        print(line, file=sys.stderr, flush=True)
+      logging.info("%s", line)
 
   def close(self) -> None:
     if self.bar is not None:

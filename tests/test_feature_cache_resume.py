@@ -101,3 +101,14 @@ def test_damaged_chunk_is_recomputed(tmp_path, monkeypatch, caplog):
   assert sum(calls) == len(pool) and "computing it again" in caplog.text
   ref = feature_cache.extract(_prefix_fn([]), pool, batches, progress=False)
   np.testing.assert_array_equal(out, ref)
+
+
+def test_extraction_without_a_bar_reports_rate_and_eta_on_stderr(tmp_path, capsys):
+  c = _mnv2_digits(trainable="features_15")
+  splits, _ = pipeline.load_splits(c, str(tmp_path / "run"))
+  pool = feature_cache.pool_images(splits)
+  batches = lambda ex: pipeline.eval_batches(ex, c, 512)
+  feature_cache.extract(_prefix_fn([]), pool, batches, progress=False, log_every_s=0.0)
+  lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("frozen prefix:")]
+  assert len(lines) == 4 and lines[-1].startswith(f"frozen prefix: {len(pool)}/{len(pool)} images")
+  assert "images/s, ETA" in lines[0]
