@@ -93,6 +93,14 @@ def get_config() -> ml_collections.ConfigDict:
   t.coordinator_address = ""
   t.num_processes = 0
   t.process_id = 0
+  # Failure detection on several processes (seconds): how long every process waits for all of them to join at
+  # start; a process silent for heartbeat_timeout is declared lost and the others stop with an error naming it;
+  # at exit a process waits at most shutdown_timeout for the others; a background checkpoint save waits at most
+  # checkpoint_timeout for the other processes to write their part.
+  t.init_timeout = 300
+  t.heartbeat_timeout = 60
+  t.shutdown_timeout = 60
+  t.checkpoint_timeout = 300
   t.log_every = 50
   t.eval_every = 500  # validation mAP for best-checkpoint selection (0: only at the end)
   t.checkpoint_every = 500

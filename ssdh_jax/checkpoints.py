@@ -2,6 +2,14 @@
 
 Two managers under <workdir>/checkpoints: `last/` (max_to_keep=N, async) and `best/` (one, chosen by val_map).
 Restoring walks the saved steps newest first and falls back, with a warning, past one that cannot be read.
+
+On several processes (jax.distributed) every process calls every save, and Orbax's background commit thread of
+each manager meets the other processes at coordination-service barriers named after the step directory
+(`async_write_complete.<step>`). The two managers save the same step whenever evaluation and checkpointing fall
+on one step (every shipped config), so each manager gets its own barrier key prefix: with the default (no
+prefix) the second barrier of a step collides with the first one ("Barrier ... is already ongoing") and the
+run dies or hangs. Distinct keys keep both saves asynchronous and independent; serialising them (waiting for
+`last/` before `best/` saves) would also work but would block training on the first write.
 """
 
 from __future__ import annotations
@@ -25,23 +33,27 @@ class Checkpointer:
   """Saves/restores TrainState pytrees (host copies) for one run directory. A restore target may also be a
   dict of some of the state's top-level fields (`{'params': ..., 'step': ...}`): only those are read."""
 
-  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, timeout_s: int | None = None):
+    """timeout_s: how long a background save waits for the other processes at its commit barriers before it
+    fails (Orbax's default: 20 minutes); None keeps Orbax's."""
     root = os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+    def options(name: str, **kw) -> ocp.CheckpointManagerOptions:
+      return ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=async_save,
+        create=True,
+        # One barrier namespace per manager: see the module docstring.
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
+        async_options=ocp.options.AsyncOptions(timeout_secs=int(timeout_s)) if timeout_s else None,
+        **kw,
+      )
+
     self._last = ocp.CheckpointManager(
-      os.path.join(root, "last"),
-      options=ocp.CheckpointManagerOptions(
-        max_to_keep=max(int(keep), 1), enable_async_checkpointing=async_save, create=True
-      ),
+      os.path.join(root, "last"), options=options("last", max_to_keep=max(int(keep), 1))
     )
     self._best = ocp.CheckpointManager(
       os.path.join(root, "best"),
-      options=ocp.CheckpointManagerOptions(
-        max_to_keep=1,
-        best_fn=lambda m: m["val_map"],
-        best_mode="max",
-        enable_async_checkpointing=async_save,
-        create=True,
-      ),
+      options=options("best", max_to_keep=1, best_fn=lambda m: m["val_map"], best_mode="max"),
     )
 
   def save(self, step: int, state: PyTree) -> None:

@@ -46,6 +46,15 @@ def _define_eval_flags() -> None:
   flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
   flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
   flags.DEFINE_list("override", [], "Eval-time config overrides key=value (e.g. eval.map_r=5000).")
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Evaluate on several processes (jax.distributed, the run's saved train.coordinator_address etc. or "
+    "--override train.*). Default: this process alone, whatever number of processes trained the run.",
+  )
+  flags.DEFINE_float(
+    "connect_timeout", 10.0, "With --distributed: seconds to wait for the coordinator to answer (process ≥ 1)."
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -72,9 +81,16 @@ def _train(argv) -> None:
 
   try:
     results = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (FileNotFoundError, ValueError, train_lib.NonFiniteError) as e:
+  except (FileNotFoundError, ValueError, train_lib.NonFiniteError, train_lib.DistributedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  if results.get("preempted"):  # SIGTERM: a checkpoint at an agreed step, a clean exit for the scheduler
+    print(
+      f"preempted: stopped after step {results['step']} with a checkpoint in {FLAGS.workdir}; run the same "
+      "command again to resume",
+      file=sys.stderr,
+    )
+    return
   _print_summary(results)
 
 
@@ -90,13 +106,18 @@ def _eval(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _start()
   _load_user_code(FLAGS.workdir)
-  from ssdh_jax import evaluate_run
+  from ssdh_jax import evaluate_run, multihost
 
   try:
     results = evaluate_run.evaluate_workdir(
-      FLAGS.workdir, FLAGS.checkpoint, _eval_overrides(FLAGS.override), log=_stderr
+      FLAGS.workdir,
+      FLAGS.checkpoint,
+      _eval_overrides(FLAGS.override),
+      log=_stderr,
+      distributed=FLAGS.distributed,
+      connect_timeout=FLAGS.connect_timeout,
     )
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, multihost.DistributedError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -87,20 +87,33 @@ def evaluate_workdir(
   overrides: Sequence[str] = (),
   *,
   log: Callable[[str], None] | None = None,
+  distributed: bool = False,
+  connect_timeout: float | None = None,
 ) -> dict[str, Any]:
   """Restores a checkpoint, evaluates query vs database, writes the report and the database index.
 
   Each image is encoded once; the index is the evaluated database. `log` (e.g. a stderr printer) gets one
   line as each phase starts and a summary of their durations; `results['eval_seconds']` holds them too.
+
+  distributed: evaluate on several processes (jax.distributed with the run's train.coordinator_address,
+    num_processes and process_id, or their overrides; `connect_timeout` s to reach the coordinator). By
+    default this process evaluates alone, on its own devices, whatever number of processes trained the run:
+    the saved distributed fields say how the run was launched, not what it is. A process that already joined
+    a distributed runtime evaluates on all of its processes either way.
   """
   seconds: dict[str, float] = {}
   start = time.perf_counter()
   config = load_run_config(workdir, overrides)
   from ssdh_jax import train_lib
 
-  # On several processes (train.distributed), each encodes its share and all get every code.
-  train_lib.initialize_distributed(config.train)
-  dmesh = mesh.create(config.train.parallel, config.train.num_devices)
+  num_devices = int(config.train.num_devices)
+  if distributed:
+    # On several processes each encodes its share and all get every code.
+    config.train.distributed = True
+    train_lib.initialize_distributed(config.train, connect_timeout=connect_timeout)
+  elif num_devices > len(jax.local_devices()):
+    num_devices = 0  # trained on a bigger host: encode on every device here (codes do not depend on it)
+  dmesh = mesh.create(config.train.parallel, num_devices)
   log = log if dmesh.is_main else None
   with _phase("load data", seconds, log):
     split_data, meta = pipeline.load_splits(config, workdir)

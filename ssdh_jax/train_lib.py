@@ -35,6 +35,7 @@ from ssdh_jax import (
   losses,
   metric_writer,
   models,
+  multihost,
   optim,
   plugins,
   preprocessing,
@@ -385,20 +386,15 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([np.asarray(h[k]).reshape(-1)[0] for h in history])) for k in history[0]}
 
 
-def initialize_distributed(train_cfg: ml_collections.ConfigDict) -> None:
-  """jax.distributed.initialize when train.distributed is set: with train.coordinator_address,
-  num_processes and process_id when given (one command per host), else auto-detected (TPU pods, SLURM).
-  A second call in the same process is a no-op."""
-  if not train_cfg.distributed or jax.distributed.is_initialized():
-    return
-  kwargs = {}
-  if train_cfg.coordinator_address:
-    kwargs = dict(
-      coordinator_address=train_cfg.coordinator_address,
-      num_processes=int(train_cfg.num_processes),
-      process_id=int(train_cfg.process_id),
-    )
-  jax.distributed.initialize(**kwargs)
+DistributedError = multihost.DistributedError
+
+
+def initialize_distributed(
+  train_cfg: ml_collections.ConfigDict, connect_timeout: float | None = None
+) -> None:
+  """jax.distributed.initialize when train.distributed is set, with the train.* timeouts and one-line errors
+  (`multihost.initialize`). A second call in the same process is a no-op."""
+  multihost.initialize(train_cfg, connect_timeout)
 
 
 def train_and_evaluate(
@@ -432,6 +428,8 @@ def train_and_evaluate(
       "with a model object keep pretrained='' and trainable='all'"
     )
   initialize_distributed(config.train)
+  run = multihost.Run(config)
+  run.check_config()  # processes started with different configs: refused before anything is written
   is_main = jax.process_index() == 0
   run_dir.check_workdir(config, workdir)  # before anything is written: a finished run is never overwritten
   created = not os.path.exists(workdir)
@@ -460,8 +458,15 @@ def train_and_evaluate(
       f.write(config.to_json_best_effort(indent=2))
     with open(os.path.join(workdir, "run_meta.json"), "w") as f:
       json.dump(meta, f, indent=2, default=str)
-    plugins.record(workdir)  # user modules (--module, entry points): eval.py and ssdh-search import them again
-  ckpt = checkpoints.Checkpointer(workdir, config.train.keep_checkpoints, config.train.async_checkpoint)
+    plugins.record(
+      workdir
+    )  # user modules (--module, entry points): eval.py and ssdh-search import them again
+  ckpt = checkpoints.Checkpointer(
+    workdir,
+    config.train.keep_checkpoints,
+    config.train.async_checkpoint,
+    timeout_s=multihost.field(config.train, "checkpoint_timeout", 300),
+  )
   state, start = ckpt.restore_latest(state)
   if start:
     logging.info("Resuming from step %d", start)
@@ -499,6 +504,8 @@ def train_and_evaluate(
   if progress is not None:
     progress.set_postfix_str("compiling the train step")  # the first step waits for XLA: say so
 
+  run.start()
+  ok, stopping = False, True  # stopping: the run ends here (early return or error), not after the final eval
   try:
     while step < num_steps:
       batch = next(batches)
@@ -514,10 +521,12 @@ def train_and_evaluate(
       finished(block_all=False)
       step += 1
       imgs_since += config.train.batch_size
-      boundary = step % config.train.log_every == 0 or step == num_steps
-      ckpt_due = step % config.train.checkpoint_every == 0 or step == num_steps
+      # SIGTERM (a preemption notice) on any process: all of them stop after the same step, with a checkpoint.
+      preempted = run.preempted(step) and step < num_steps
+      boundary = step % config.train.log_every == 0 or step == num_steps or preempted
+      ckpt_due = step % config.train.checkpoint_every == 0 or step == num_steps or preempted
       eval_due = (config.train.eval_every and (step % config.train.eval_every == 0)) or step == num_steps
-      if boundary or ckpt_due or eval_due or (stop_after is not None and step >= stop_after):
+      if boundary or ckpt_due or eval_due or preempted or (stop_after is not None and step >= stop_after):
         finished(block_all=True)
         scalars = _mean_metrics(dmesh.to_host(history))
         history = []
@@ -546,18 +555,41 @@ def train_and_evaluate(
           ckpt.save_best(step, state, val)
         if ckpt_due:
           ckpt.save(step, state if state is not None else dmesh.to_host(pstate))
+      if preempted:
+        ckpt.wait()
+        ok = True
+        logging.warning("preempted (SIGTERM): stopped after step %d with a checkpoint in %s", step, workdir)
+        return {"step": step, "preempted": True}
       if stop_after is not None and step >= stop_after:
         ckpt.save(step, dmesh.to_host(pstate))
         ckpt.wait()
+        ok = True
         return {"step": step}
+    ok, stopping = True, False
+  except Exception as e:
+    run.on_error(e)
+    raise
   finally:
     if progress is not None:
       progress.close()
     writer.close()
-    ckpt.wait()
+    try:
+      ckpt.wait()
+    except BaseException:
+      ok = False
+      raise
+    finally:
+      if stopping or not ok:
+        run.close(ok=ok)
 
-  final_state, best_step = ckpt.restore_best(dmesh.to_host(pstate))
-  results = evaluate.evaluate_state(config, model, final_state, splits, meta, step=best_step, dmesh=dmesh)
-  if is_main:
-    evaluate.write_report(workdir, results, config)
+  try:
+    final_state, best_step = ckpt.restore_best(dmesh.to_host(pstate))
+    results = evaluate.evaluate_state(config, model, final_state, splits, meta, step=best_step, dmesh=dmesh)
+    if is_main:
+      evaluate.write_report(workdir, results, config)
+  except BaseException as e:
+    run.on_error(e)
+    run.close(ok=False)
+    raise
+  run.close(ok=True)
   return results
