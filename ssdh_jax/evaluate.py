@@ -288,6 +288,9 @@ _TITLES = {
 }
 
 
+_COUNT_COLS = ("constant_bits",)  # integer metrics, printed without decimals
+
+
 def markdown_table(rows: list[Mapping[str, Any]]) -> str:
   """One row per result: the key columns then every scalar metric, titled in the README's notation."""
   if not rows:
@@ -302,7 +305,9 @@ def markdown_table(rows: list[Mapping[str, Any]]) -> str:
   for r in rows:
     k = dict(r["key"])
     k["split_hash"] = str(k["split_hash"])[:12]
-    vals = [str(k[c]) for c in key_cols] + [f"{v:.4f}" for v in scalar_metrics(r).values()]
+    vals = [str(k[c]) for c in key_cols] + [
+      f"{v:.0f}" if c in _COUNT_COLS else f"{v:.4f}" for c, v in scalar_metrics(r).items()
+    ]
     lines.append("| " + " | ".join(vals) + " |")
   return "\n".join(lines) + "\n"
 

@@ -116,6 +116,10 @@ def test_train_eval_search_end_to_end(tmp_path):
   m = json.load(open(os.path.join(wd, "metrics.json")))
   assert m["key"]["R"] == 100 and m["key"]["bits"] == 12 and m["key"]["checkpoint_step"] == 8
   assert 0.0 <= m["metrics"]["map"] <= 1.0
+  bal = np.asarray(m["bit_balance"])  # the bit statistics describe the same database codes
+  assert m["metrics"]["constant_bits"] == int(np.sum((bal == 0) | (bal == 1)))
+  assert 0.0 <= m["metrics"]["bit_entropy"] <= 1.0
+  assert "constant_bits" in ev.stdout and "bit_entropy" in ev.stdout
   assert os.path.exists(os.path.join(wd, "database_index.npz"))
 
   from PIL import Image
