@@ -28,6 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   d.multi_label = False
   d.labeled_fraction = 0.5  # fraction of each training batch drawn from the labeled pool (release ~0.5)
   d.include_unlabeled = True  # False: batches hold labeled images only (supervised-only baseline)
+  # Label-scarce runs: keep only this many of the protocol's labeled images (class-balanced, nested: the 250
+  # are among the 1,000), the rest become unlabeled training images; queries and database stay the protocol's.
+  d.num_labeled = 0  # 0: every labeled image of the protocol
   d.resize_size = 0  # resize before crop (0: no resize); VGG-F/MobileNetV2: 256
   d.image_size = 8  # network input size after crop
   d.augment = "none"  # none | crop_flip | pad_crop_flip

@@ -99,6 +99,7 @@ RULES: Mapping[str, Rule] = {
   "data.multi_label": _bool,
   "data.labeled_fraction": _num(0.0, 1.0, open_lo=True),
   "data.include_unlabeled": _bool,
+  "data.num_labeled": _int(0),
   "data.resize_size": _int(0),
   "data.image_size": _int(1),
   "data.augment": _choice("none", "crop_flip", "pad_crop_flip"),

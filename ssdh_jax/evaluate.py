@@ -239,6 +239,8 @@ def report(
   return {
     "key": {
       "protocol": config.data.protocol,
+      # A label-scarce run (data.num_labeled) scores the protocol's queries and database with fewer labels.
+      "num_labeled": int(meta.get("labeled_subset", {}).get("num_labeled", 0)) or None,
       "split_seed": int(config.data.split_seed),
       "split_hash": meta.get("split_hash", ""),
       "bits": int(config.model.bits),
@@ -305,6 +307,8 @@ def markdown_table(rows: list[Mapping[str, Any]]) -> str:
   for r in rows:
     k = dict(r["key"])
     k["split_hash"] = str(k["split_hash"])[:12]
+    if k.get("num_labeled"):
+      k["protocol"] = f"{k['protocol']} ({k['num_labeled']} labels)"
     vals = [str(k[c]) for c in key_cols] + [
       f"{v:.0f}" if c in _COUNT_COLS else f"{v:.4f}" for c, v in scalar_metrics(r).items()
     ]

@@ -29,6 +29,7 @@ device); the two agree to within rounding for upsampling.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import queue
@@ -231,7 +232,50 @@ def load_splits(config: Any, workdir: str, pool: Examples | None = None) -> tupl
     with open(os.path.join(split_dir, "skipped.json"), "w") as f:
       json.dump(skipped, f, indent=1)
   meta = dict(record, source=d.source, split_dir=split_dir, num_skipped=len(skipped), skipped=skipped[:100])
+  num_labeled = int(d.get("num_labeled", 0))  # absent from run folders saved before the field existed
+  if num_labeled:
+    out, meta["labeled_subset"] = fewer_labels(out, num_labeled, int(d.split_seed))
   return out, meta
+
+
+def fewer_labels(
+  splits: dict[str, Examples], num_labeled: int, seed: int
+) -> tuple[dict[str, Examples], dict[str, Any]]:
+  """Keeps `num_labeled` of splits['train_labeled'] labeled and appends the rest to 'train_unlabeled'.
+
+  The kept rows are class-balanced (round-robin over classes, each class in one seeded order), so a smaller
+  count's set is inside a larger one's and the queries, database and validation set are untouched: a
+  label-scarce run is scored exactly like the protocol's. Multi-label rows count toward their first label.
+
+  Returns:
+    (the new splits, {'num_labeled', 'ids_sha256'} for the run's metadata).
+  """
+  lab = splits["train_labeled"]
+  if num_labeled >= len(lab):
+    raise ValueError(
+      f"config.data.num_labeled: {num_labeled} is not below the protocol's {len(lab)} labeled images"
+    )
+  rng = np.random.default_rng([seed, 0x1AB])
+  order = rng.permutation(len(lab))
+  first_class = np.argmax(lab.labels[order] > 0.5, axis=1)
+  # Rank of each row within its class (in the seeded order), then classes interleaved by that rank.
+  rank = np.empty(len(order), np.int64)
+  for c in np.unique(first_class):
+    members = np.flatnonzero(first_class == c)
+    rank[members] = np.arange(len(members))
+  keep = np.sort(order[np.lexsort((first_class, rank))[:num_labeled]])
+  rest = np.setdiff1d(np.arange(len(lab)), keep)
+  unl = splits["train_unlabeled"]
+  moved = lab.subset(rest)
+  merged = Examples(
+    np.concatenate([unl.images, moved.images]) if unl.in_memory else [*unl.images, *moved.images],
+    np.concatenate([unl.labels, moved.labels]),
+    np.concatenate([unl.ids, moved.ids]),
+    None if unl.origin is None or moved.origin is None else np.concatenate([unl.origin, moved.origin]),
+  )
+  out = dict(splits, train_labeled=lab.subset(keep), train_unlabeled=merged)
+  ids = np.ascontiguousarray(out["train_labeled"].ids, np.int64)
+  return out, {"num_labeled": int(num_labeled), "ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
 
 
 # ----------------------------------------------------------------------------------------------- host transforms
