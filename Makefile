@@ -6,7 +6,7 @@ STAMP := $(VENV)/.ssdh-installed
 CORE := $(VENV)/.ssdh-core-installed
 WORKDIR ?= workdir/demo
 
-.PHONY: demo test test-fast bench gpu-suite-prepare gpu-suite-dry quality quality-pretrained lint format venv clean
+.PHONY: demo multihost-demo test test-fast bench gpu-suite-prepare gpu-suite-dry quality quality-pretrained lint format venv clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,23 @@ $(STAMP): $(CORE)
 
 demo: $(CORE)
 	$(PY) demo.py --workdir $(WORKDIR)
+
+# Multi-host on one machine: two train.py processes (2 CPU devices each) on the digits demo, coordinator on
+# 127.0.0.1:$(MH_PORT); prints process 0's results table. Logs: $(MH_WORKDIR).p0.log and .p1.log.
+MH_WORKDIR ?= workdir/multihost_demo
+MH_PORT ?= 12355
+MH_RUN = XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu $(PY) train.py \
+  --config configs/digits_demo.py --workdir $(MH_WORKDIR) --config.train.progress=False \
+  --config.train.distributed=True --config.train.coordinator_address=127.0.0.1:$(MH_PORT) \
+  --config.train.num_processes=2
+multihost-demo: $(CORE)
+	rm -rf $(MH_WORKDIR) && mkdir -p $(dir $(MH_WORKDIR))
+	$(MH_RUN) --config.train.process_id=1 > $(MH_WORKDIR).p1.log 2>&1 & p1=$$!; \
+	$(MH_RUN) --config.train.process_id=0 2> $(MH_WORKDIR).p0.log; rc0=$$?; \
+	wait $$p1; rc1=$$?; \
+	if [ $$rc0 -ne 0 ] || [ $$rc1 -ne 0 ]; then \
+	  echo "multihost-demo failed (process 0: rc $$rc0, process 1: rc $$rc1); see $(MH_WORKDIR).p0.log, .p1.log" >&2; \
+	  exit 1; fi
 
 # Two pytest-xdist workers: most tests are compile-bound (one core each); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2

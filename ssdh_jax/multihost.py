@@ -142,8 +142,8 @@ def _try_get(client, key: str) -> str | None:
 
 
 class Run:
-  """One multi-process run's coordination: `check_config` at the start, `start` before the first step,
-  `preempted(step)` after every step, `close` at the end. On one process every method is a no-op except SIGTERM handling: the run stops at
+  """One multi-process run's coordination: `check_config` at the start (then a `Watchdog` runs), `start` before
+  the first step, `preempted(step)` after every step, `close` at the end. On one process every method is a no-op except SIGTERM handling: the run stops at
   the next step with a checkpoint, as on several processes."""
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -189,15 +189,16 @@ class Run:
         f"process {self.pid}: the processes were started with different configs — {shown}. Every process must "
         "run the same command (only train.process_id differs); nothing was trained"
       )
+    # Every process passes the exchange above within moments of the others: start watching from here, so
+    # that the clocks of the heartbeats start together (a peer still setting up is not taken for lost).
+    self._watchdog = Watchdog(
+      self.ns, self.pid, self.processes, field(self.config.train, "heartbeat_timeout", 60)
+    )
 
   def start(self) -> None:
-    """Before the first step: the watchdog on several processes; a SIGTERM handler on one (there jax's
-    preemption notifier is not running, and SIGTERM would kill the run mid-step). `close` undoes both."""
-    if self.processes > 1:
-      self._watchdog = Watchdog(
-        self.ns, self.pid, self.processes, field(self.config.train, "heartbeat_timeout", 60)
-      )
-    elif threading.current_thread() is threading.main_thread():
+    """Before the first step, on one process: a SIGTERM handler (jax's preemption notifier, which handles it
+    on several processes, is not running; SIGTERM would kill the run mid-step). `close` removes it."""
+    if self.processes == 1 and threading.current_thread() is threading.main_thread():
       self._old_handler = signal.signal(signal.SIGTERM, lambda *_: self._sigterm.set())
 
   def preempted(self, step: int) -> bool:

@@ -417,7 +417,8 @@ def train_and_evaluate(
       the frozen-prefix feature cache is off. `eval.py` rebuilds models by name: evaluate such a run here.
 
   Returns:
-    The evaluation results dict (also written to workdir/metrics.json) or, if stopped early, {'step': s}.
+    The evaluation results dict (also written to workdir/metrics.json) or, if stopped early, {'step': s}
+    ({'step': s, 'preempted': True} after a SIGTERM: every process stopped after step s, with a checkpoint).
   """
   config_checks.check_config(config)  # one-line error naming the field, before any work
   # Every name (backbone, loss, terms, graph, protocol, weights) resolves now, before the run folder exists.
@@ -429,7 +430,28 @@ def train_and_evaluate(
     )
   initialize_distributed(config.train)
   run = multihost.Run(config)
-  run.check_config()  # processes started with different configs: refused before anything is written
+  # Processes started with different configs are refused before anything is written; from here on a watchdog
+  # names a process that is lost, and an error here tells the others (they stop instead of waiting).
+  run.check_config()
+  try:
+    results = _train_and_evaluate(config, workdir, run, stop_after=stop_after, model=model, loss_fn=loss_fn)
+  except BaseException as e:
+    run.on_error(e)
+    run.close(ok=False)
+    raise
+  run.close(ok=True)
+  return results
+
+
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  run: multihost.Run,
+  *,
+  stop_after: int | None,
+  model: flax.linen.Module | None,
+  loss_fn: Callable | None,
+) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   run_dir.check_workdir(config, workdir)  # before anything is written: a finished run is never overwritten
   created = not os.path.exists(workdir)
@@ -505,7 +527,6 @@ def train_and_evaluate(
     progress.set_postfix_str("compiling the train step")  # the first step waits for XLA: say so
 
   run.start()
-  ok, stopping = False, True  # stopping: the run ends here (early return or error), not after the final eval
   try:
     while step < num_steps:
       batch = next(batches)
@@ -557,39 +578,20 @@ def train_and_evaluate(
           ckpt.save(step, state if state is not None else dmesh.to_host(pstate))
       if preempted:
         ckpt.wait()
-        ok = True
         logging.warning("preempted (SIGTERM): stopped after step %d with a checkpoint in %s", step, workdir)
         return {"step": step, "preempted": True}
       if stop_after is not None and step >= stop_after:
         ckpt.save(step, dmesh.to_host(pstate))
         ckpt.wait()
-        ok = True
         return {"step": step}
-    ok, stopping = True, False
-  except Exception as e:
-    run.on_error(e)
-    raise
   finally:
     if progress is not None:
       progress.close()
     writer.close()
-    try:
-      ckpt.wait()
-    except BaseException:
-      ok = False
-      raise
-    finally:
-      if stopping or not ok:
-        run.close(ok=ok)
+    ckpt.wait()
 
-  try:
-    final_state, best_step = ckpt.restore_best(dmesh.to_host(pstate))
-    results = evaluate.evaluate_state(config, model, final_state, splits, meta, step=best_step, dmesh=dmesh)
-    if is_main:
-      evaluate.write_report(workdir, results, config)
-  except BaseException as e:
-    run.on_error(e)
-    run.close(ok=False)
-    raise
-  run.close(ok=True)
+  final_state, best_step = ckpt.restore_best(dmesh.to_host(pstate))
+  results = evaluate.evaluate_state(config, model, final_state, splits, meta, step=best_step, dmesh=dmesh)
+  if is_main:
+    evaluate.write_report(workdir, results, config)
   return results
