@@ -169,6 +169,8 @@ class _Progress:
 
   def update(self, rows: int, computed: bool) -> None:
     self.done += rows
+    if not computed:
+      self.t0 = time.perf_counter()  # the rate counts computing time only, not reading saved chunks back
     self.computed += rows if computed else 0
     if self.bar is not None:
       self.bar.update(rows)
@@ -177,7 +179,10 @@ class _Progress:
       self.t_log = now
       rate = self.computed / max(now - self.t0, 1e-9)
       eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-      line = f"frozen prefix: {self.done}/{self.total} images, {rate:.0f} images/s, ETA {eta:.0f} s"
+      if self.computed:
+        line = f"frozen prefix: {self.done}/{self.total} images, {rate:.0f} images/s, ETA {eta:.0f} s"
+      else:
+        line = f"frozen prefix: {self.done}/{self.total} images read back from an interrupted extraction"
       if self.bar is None:  # stderr, not logging: the commands keep the console at WARNING
         print(line, file=sys.stderr, flush=True)
       logging.info("%s", line)
