@@ -53,7 +53,7 @@ def _define_eval_flags() -> None:
     "--override train.*). Default: this process alone, whatever number of processes trained the run.",
   )
   flags.DEFINE_float(
-    "connect_timeout", 10.0, "With --distributed: seconds to wait for the coordinator to answer (process ≥ 1)."
+    "connect_timeout", 10.0, "With --distributed: seconds for the coordinator to answer (processes ≥ 1)."
   )
   flags.mark_flags_as_required(["workdir"])
 
