@@ -70,6 +70,10 @@ class Checkpointer:
     self._last.wait_until_finished()
     self._best.wait_until_finished()
 
+  def any_saved(self) -> bool:
+    """Whether a periodic or best checkpoint has been written (after `wait`, the committed ones)."""
+    return bool(self._last.all_steps() or self._best.all_steps())
+
   @staticmethod
   def _restore_newest(manager: ocp.CheckpointManager, target: PyTree, steps: list[int]) -> tuple[PyTree, int]:
     abstract = _as_numpy(target)

@@ -527,6 +527,7 @@ def _train_and_evaluate(
     progress.set_postfix_str("compiling the train step")  # the first step waits for XLA: say so
 
   run.start()
+  failed = False  # a failure before any checkpoint (e.g. a user's loss term that fails to trace)
   try:
     while step < num_steps:
       batch = next(batches)
@@ -584,11 +585,16 @@ def _train_and_evaluate(
         ckpt.save(step, dmesh.to_host(pstate))
         ckpt.wait()
         return {"step": step}
+  except BaseException:
+    failed = True
+    raise
   finally:
     if progress is not None:
       progress.close()
     writer.close()
     ckpt.wait()
+    if failed and created and is_main and not ckpt.any_saved():
+      shutil.rmtree(workdir, ignore_errors=True)  # nothing to resume from: leave no half-made run folder
 
   final_state, best_step = ckpt.restore_best(dmesh.to_host(pstate))
   results = evaluate.evaluate_state(config, model, final_state, splits, meta, step=best_step, dmesh=dmesh)
