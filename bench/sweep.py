@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -96,6 +98,36 @@ def table(rows: list[dict]) -> str:
   return "\n".join(out) + "\n"
 
 
+def paired_table(rows: list[dict], a: str, b: str) -> str:
+  """Method `a` minus method `b`, paired by seed, per group, for variants named GROUP_METHOD_sSEED."""
+  runs: dict[tuple[str, str], dict[int, float]] = {}
+  for r in rows:
+    group, method, seed = r["name"].rsplit("_", 2)
+    runs.setdefault((group, method), {})[int(seed.removeprefix("s"))] = r["map"]
+  out = [
+    f"| group | {a} mAP@all mean ± std | {b} mAP@all mean ± std | seeds | gap ({a} − {b}) mean ± std | "
+    "spread (larger std) | gap > spread |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for group in sorted(
+    {g for g, _ in runs}, key=lambda g: [int(x) if x.isdigit() else x for x in g.split("n")]
+  ):
+    ra, rb = runs.get((group, a), {}), runs.get((group, b), {})
+    seeds = sorted(set(ra) & set(rb))
+    if not seeds:
+      continue
+    va, vb = np.array([ra[s] for s in seeds]), np.array([rb[s] for s in seeds])
+    gap = va - vb
+    sd = lambda v: float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+    spread = max(sd(va), sd(vb))
+    out.append(
+      f"| {group} | {va.mean():.4f} ± {sd(va):.4f} | {vb.mean():.4f} ± {sd(vb):.4f} | "
+      f"{','.join(map(str, seeds))} | {gap.mean():+.4f} ± {sd(gap):.4f} | {spread:.4f} | "
+      f"{'yes' if len(seeds) > 1 and gap.mean() > spread else 'no'} |"
+    )
+  return "\n".join(out) + "\n"
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", required=True)
@@ -104,12 +136,20 @@ def main() -> None:
   p.add_argument("--variant", action="append", default=[], help="NAME=key=value [key=value ...]")
   p.add_argument("--out", default="")
   p.add_argument("--header", default="", help="a line put above the table (the command, the machine)")
+  p.add_argument(
+    "--pair",
+    default="",
+    help="A,B: also a table of method A minus B paired by seed (variants GROUP_METHOD_sSEED)",
+  )
   args = p.parse_args()
   variants = [parse_variant(v) for v in args.variant]
   if not variants:
     raise SystemExit("give at least one --variant")
   rows = [summarise(n, o, train(args, n, o)) for n, o in variants]
   text = (args.header + "\n\n" if args.header else "") + table(rows)
+  if args.pair:
+    a, b = args.pair.split(",")
+    text += "\n" + paired_table(rows, a, b)
   print(text)
   if args.out:
     with open(args.out, "w") as f:
