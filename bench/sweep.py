@@ -109,9 +109,7 @@ def paired_table(rows: list[dict], a: str, b: str) -> str:
     "spread (larger std) | gap > spread |",
     "|---|---|---|---|---|---|---|",
   ]
-  for group in sorted(
-    {g for g, _ in runs}, key=lambda g: [int(x) if x.isdigit() else x for x in g.split("n")]
-  ):
+  for group in sorted({g for g, _ in runs}, key=lambda g: (len(g), g)):
     ra, rb = runs.get((group, a), {}), runs.get((group, b), {})
     seeds = sorted(set(ra) & set(rb))
     if not seeds:
