@@ -21,12 +21,18 @@ bound to the same cores (bench/paired.py), rounds alternating in order, ratio = 
 side / per-image time of JAX per round, median (IQR; min–max). > 1: JAX is faster.
 
   .venv/bin/python bench/bench_inference.py [--quick] [--threads 1,2] [--rows mbv2_160,vgg_f] [--rounds N]
-      [--per-round N] [--no-compile] [--jax-variants depthwise=shift] [--out bench/results/inference_cpu.md]
+      [--per-round N] [--no-compile] [--jax-variants stem_max_channels=0] [--out bench/results/inference_cpu.md]
 
 --jax-variants adds more JAX sides to every MobileNetV2 backbone row, each a model override such as
 depthwise=conv or pointwise=conv (';' joins several), or stem_max_channels=0 (the stem as XLA's convolution:
-the default before issue 27); each is paired with the default JAX side.
+the default before issue 27), constants=1 (the variables closed over, compile-time constants, as train_lib's
+prefix_fn has them) or xla_flags=... (more XLA_FLAGS for that worker); each is paired with the default JAX
+side.
 --quick: MobileNetV2 at 96 px, 1 thread, JAX vs eager channels_last, 4 rounds (< 2 min on 2 loaded cores).
+
+  .venv/bin/python bench/bench_inference.py --stem-train 160,8 [--rounds N] [--threads 1]
+      the train step with the stem's two lowerings, paired in one process (the stem change must not cost
+      training what it gains inference)
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ def _early_setup() -> None:
     except OSError:
       pass
     paired.pin_threads(int(spec["threads"]), spec.get("cores") or None)
+    extra = (spec.get("overrides") or {}).get("xla_flags", "")
+    if extra:  # a JAX variant with more XLA flags (read when the backend starts)
+      os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()
 
 
 _early_setup()
@@ -66,20 +75,24 @@ import numpy as np  # noqa: E402
 TOL = 1e-4  # max |Δ| / max |JAX output|, fp32
 BITS = 48
 NUM_CLASSES = 10
-# name: (backbone, input px, JAX batch, PyTorch batch). Batches: what each side ran fastest per image at
-# 1 thread among 8/16/32 (`--batch-sweep`); VGG-16 stays at 8 to keep a round short.
+# name: (backbone, input px, JAX batch, PyTorch batch). From `--sweep-batches` runs (bench/results/
+# inference_cpu.md): PyTorch eager MobileNetV2 runs fastest per image at batch 8, JAX is flat over 8–64;
+# VGG-F showed no clear preference on either side; VGG-16 stays at 8 to keep a round short.
 ROWS = {
-  "mbv2_96": ("mobilenet_v2", 96, 32, 32),
-  "mbv2_160": ("mobilenet_v2", 160, 32, 32),
-  "mbv2_224": ("mobilenet_v2", 224, 16, 16),
+  "mbv2_96": ("mobilenet_v2", 96, 32, 8),
+  "mbv2_160": ("mobilenet_v2", 160, 32, 8),
+  "mbv2_224": ("mobilenet_v2", 224, 16, 8),
   "vgg_f": ("vgg_f", 224, 16, 16),
   "vgg16": ("vgg16", 224, 8, 8),
-  "extract_mbv2_160": ("mobilenet_v2", 160, 128, 128),  # 256 images, eval batches of 128
-  "encode_mbv2_160": ("mobilenet_v2", 160, 128, 128),
+  # 256 images per call; JAX at eval batches of 128, PyTorch at its preferred 8
+  "extract_mbv2_160": ("mobilenet_v2", 160, 128, 8),
+  "encode_mbv2_160": ("mobilenet_v2", 160, 128, 8),
 }
 USER_IMAGES = 256
 PREPROCESS = {"mobilenet_v2": "imagenet", "vgg_f": "caffe_bgr", "vgg16": "imagenet"}
-TORCH_SIDES = ("eager_cl", "eager_nchw", "compile_cl")
+TORCH_SIDES = ("eager_cl", "compile_cl")  # --nchw adds eager contiguous NCHW (slower than channels_last here)
+HEAVY = ("vgg16", "extract_mbv2_160", "encode_mbv2_160")  # one call per side per round: a call takes seconds
+MULTI_THREAD_ROWS = ("mbv2_160", "mbv2_224", "vgg_f", "extract_mbv2_160")  # the rows with targets
 TORCH_LABEL = {
   "eager_cl": "eager, channels_last, inference_mode",
   "eager_nchw": "eager, contiguous NCHW, inference_mode",
@@ -91,12 +104,13 @@ def images_for(n: int, size: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def user_config(row: str):
-  """configs/cifar10_mobilenet_v2_cpu.py for the extraction / encode rows (in-memory 32-px images)."""
+def user_config(row: str, batch: int):
+  """configs/cifar10_mobilenet_v2_cpu.py for the extraction / encode rows (in-memory 32-px images), with the
+  side's batch as the eval batch."""
   from configs.cifar10_mobilenet_v2_cpu import get_config
 
   c = get_config()
-  c.eval.batch_size = ROWS[row][2]
+  c.eval.batch_size = batch
   if row.startswith("encode"):
     c.model.trainable = "all"  # eval.py on a run that trained the whole network encodes from the images
   return c
@@ -182,6 +196,7 @@ def jax_worker(spec: dict[str, Any]):
   variables = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
   name, size, batch, task = spec["backbone"], spec["size"], spec["batch"], spec["task"]
   over = dict(spec.get("overrides") or {})
+  over.pop("xla_flags", None)  # applied before JAX started (_early_setup)
   if "stem_max_channels" in over:  # 0: the RGB stem as the convolution, the lowering before issue 27
     depthwise.STEM_MAX_CHANNELS = int(over.pop("stem_max_channels"))
   info = {
@@ -189,23 +204,32 @@ def jax_worker(spec: dict[str, Any]):
     "pointwise": pointwise.resolve_impl(over.get("pointwise", "auto")),
   }
   t0 = time.perf_counter()
+  constants = over.pop("constants", "0") == "1"
   if task == "backbone":
     model = models.build_backbone(name, **over)
     pre = PREPROCESS[name]
     fn = jax.jit(lambda v, x: model.apply(v, preprocessing.preprocess(x, pre), train=False))
     images = jax.device_put(images_for(batch, size))
     variables = jax.device_put(variables)
-    compiled = fn.lower(variables, images).compile()
+    if constants:  # the variables closed over: compile-time constants, as train_lib's prefix_fn has them
+      const = jax.jit(lambda x: model.apply(variables, preprocessing.preprocess(x, pre), train=False))
+      compiled_c = const.lower(images).compile()
 
-    def call():
-      return jax.block_until_ready(compiled(variables, images))
+      def call():
+        return jax.block_until_ready(compiled_c(images))
+
+    else:
+      compiled = fn.lower(variables, images).compile()
+
+      def call():
+        return jax.block_until_ready(compiled(variables, images))
 
     out = np.asarray(call())
   else:
     from ssdh_jax import evaluate
     from ssdh_jax.data import pipeline
 
-    cfg = user_config(spec["row"])
+    cfg = user_config(spec["row"], batch)
     for k, v in over.items():
       cfg.model[k] = v
     pool = user_examples(USER_IMAGES)
@@ -280,7 +304,7 @@ def torch_worker(spec: dict[str, Any]):
     from ssdh_jax import feature_cache
     from ssdh_jax.data import pipeline
 
-    cfg = user_config(spec["row"])
+    cfg = user_config(spec["row"], batch)
     pool = user_examples(USER_IMAGES)
     batches = lambda ex: pipeline.eval_batches(ex, cfg, int(cfg.eval.batch_size))
     if task == "extract":
@@ -346,7 +370,7 @@ def side_specs(row: str, args, weights_paths, tmp: str, threads: int, cores) -> 
       over = dict(kv.split("=", 1) for kv in v.split(";"))
       specs.append({**specs[0], "key": f"jax[{v}]", "overrides": over})
   if args.torch:
-    sides = ["eager_cl"] if args.quick else list(TORCH_SIDES)
+    sides = ["eager_cl"] if args.quick else list(TORCH_SIDES) + (["eager_nchw"] if args.nchw else [])
     if args.no_compile and "compile_cl" in sides:
       sides.remove("compile_cl")
     if task != "backbone":
@@ -356,6 +380,13 @@ def side_specs(row: str, args, weights_paths, tmp: str, threads: int, cores) -> 
         {**common, "key": f"torch_{s}", "framework": "torch", "side": s, "batch": tb,
          "weights": weights_paths["torch"]}
       )  # fmt: skip
+  if task == "backbone" and args.sweep_batches:
+    specs += [
+      {**s, "key": f"{s['key']}@{b}", "batch": b}
+      for s in list(specs)
+      for b in args.sweep_batches
+      if b != s["batch"] and "overrides" not in s
+    ]
   for s in specs:
     s["check_path"] = os.path.join(tmp, f"{row}_{threads}_{s['key'].replace('/', '_')}.npy")
     s["warmup"] = 1
@@ -387,16 +418,23 @@ def run_row(row: str, args, weights_paths, tmp: str, threads: int, cores) -> dic
       if s["key"] not in workers or ref is None:
         continue
       out = np.load(s["check_path"])
-      if out.shape != ref.shape:
-        side["check"] = f"shape {out.shape} != {ref.shape}"
+      if s["batch"] != specs[0]["batch"] and s["task"] == "backbone":  # another batch: compare common rows
+        n = min(len(out), len(ref))
+        out, ref_s = out[:n], ref[:n]
       else:
-        side["rel_diff"] = float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+        ref_s = ref
+      if out.shape != ref_s.shape:
+        side["check"] = f"shape {out.shape} != {ref_s.shape}"
+      else:
+        side["rel_diff"] = float(np.max(np.abs(out - ref_s)) / max(float(np.max(np.abs(ref_s))), 1e-30))
         if not side["rel_diff"] <= TOL:
           side["check"] = f"outputs differ: max|Δ|/max|JAX| = {side['rel_diff']:.1e} > {TOL:g}"
       if "check" in side:
         workers.pop(s["key"]).close()
     if "jax" in workers:
-      times = paired.interleave(workers, args.rounds, per_round=args.per_round)
+      per_round = 1 if row in HEAVY else args.per_round
+      result["per_round"] = per_round
+      times = paired.interleave(workers, args.rounds, per_round=per_round)
       imgs = {k: [t / per_image[k] for t in v] for k, v in times.items()}
       for k, v in imgs.items():
         side = result["sides"][k]
@@ -421,10 +459,13 @@ def fmt_row(res: dict[str, Any]) -> list[str]:
   row = res["row"]
   for key, side in res["sides"].items():
     s, info = side["spec"], side["info"]
-    label = "JAX jit" if key == "jax" else f"JAX jit, {key[4:-1]}" if key.startswith("jax[") else \
-      f"PyTorch {TORCH_LABEL[s['side']]}"  # fmt: skip
-    if key.startswith("jax"):
-      label += f" (depthwise={info.get('depthwise', '?')}, pointwise={info.get('pointwise', '?')})"
+    if s["framework"] == "jax":
+      over = ";".join(f"{k}={v}" for k, v in (s.get("overrides") or {}).items())
+      label = f"JAX jit{', ' + over if over else ''}"
+      if s["backbone"] == "mobilenet_v2":
+        label += f" (depthwise={info.get('depthwise', '?')}, pointwise={info.get('pointwise', '?')})"
+    else:
+      label = f"PyTorch {TORCH_LABEL[s['side']]}"
     if key == res.get("best_torch"):
       label += " **best PyTorch**"
     err = info.get("error") or side.get("check")
@@ -457,6 +498,54 @@ def summary_line(res: dict[str, Any]) -> str:
   )
 
 
+def stem_train_compare(size: int, batch: int, rounds: int, threads: int) -> None:
+  """The MobileNetV2 train step (value and gradient of a scalar of the features w.r.t. every parameter, batch
+  statistics) with the RGB stem as shifted multiply-adds (the default on CPU) against the stem as XLA's
+  convolution (STEM_MAX_CHANNELS = 0, the path before issue 27), both in this process, paired rounds."""
+  import jax
+  import jax.numpy as jnp
+
+  from ssdh_jax import models
+  from ssdh_jax.models import depthwise
+
+  model = models.build_backbone("mobilenet_v2")
+  variables = models.init_variables(model, jax.random.key(0), size)
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((batch, size, size, 3), np.float32))
+
+  def step(variables, x):
+    def loss(params):
+      out, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+      return out.mean()
+
+    return jax.value_and_grad(loss)(variables["params"])
+
+  default = depthwise.STEM_MAX_CHANNELS
+  compiled, grads = {}, {}
+  for name, cap in (("stem_shift", default), ("stem_conv", 0)):
+    depthwise.STEM_MAX_CHANNELS = cap  # read while tracing: each program keeps its own lowering
+    # a new function object per lowering: jit's trace cache is keyed on the function, not on the global
+    compiled[name] = jax.jit(lambda v, x: step(v, x)).lower(variables, x).compile()
+    grads[name] = jax.block_until_ready(compiled[name](variables, x))
+  depthwise.STEM_MAX_CHANNELS = default
+  g_new = grads["stem_shift"][1]["features_0"]["conv"]["kernel"]
+  g_old = grads["stem_conv"][1]["features_0"]["conv"]["kernel"]
+  rel = float(jnp.max(jnp.abs(g_new - g_old)) / jnp.max(jnp.abs(g_old)))
+  sides = {k: (lambda f=f: jax.block_until_ready(f(variables, x))) for k, f in compiled.items()}
+  times = paired.interleave(sides, rounds, per_round=2)
+  print(f"\n## MobileNetV2 train step: RGB stem as shifted multiply-adds vs XLA's convolution ({size} px, batch "
+        f"{batch}, {paired.machine_header(threads)}, jax {jax.__version__})\n")  # fmt: skip
+  print("| t_stem_conv / t_stem_shift median (IQR; min–max), n | stem_shift step ms | stem_conv step ms | "
+        "stem kernel gradient max rel. diff |")  # fmt: skip
+  print("|---|---:|---:|---|")
+  print(f"| {paired.ratio_summary(times, 'stem_conv', 'stem_shift')} | "
+        f"{1e3 * statistics.median(times['stem_shift']):.0f} | {1e3 * statistics.median(times['stem_conv']):.0f} "
+        f"| {rel:.1e} |")  # fmt: skip
+  print(f"\n{paired.rounds_note(rounds, _T0)}")
+
+
+_T0 = time.perf_counter()
+
+
 def main(argv: list[str] | None = None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="MobileNetV2 96 px, 1 thread, eager channels_last")
@@ -466,15 +555,29 @@ def main(argv: list[str] | None = None) -> None:
   ap.add_argument("--per-round", type=int, default=0, help="calls per side per round, median (default 2)")
   ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile sides")
   ap.add_argument("--no-torch", action="store_true", help="JAX sides only")
-  ap.add_argument("--jax-variants", default="", help="extra JAX sides, e.g. 'depthwise=shift,pointwise=conv'")
+  ap.add_argument("--nchw", action="store_true", help="also time PyTorch eager with contiguous NCHW")
+  ap.add_argument("--rows-multi", default="", help="rows for thread counts > 1 (default: the target rows)")
+  ap.add_argument("--sweep-batches", default="", help="also time every backbone side at these batches")
+  ap.add_argument(
+    "--jax-variants",
+    default="",
+    help="extra JAX sides, '|' between sides, ';' between one side's overrides: 'depthwise=conv|stem_max_channels=0'",
+  )
   ap.add_argument("--timeout", type=float, default=600.0, help="seconds for a side to be ready")
   ap.add_argument("--compile-timeout", type=float, default=600.0, help="the same for torch.compile sides")
   ap.add_argument("--out", default="", help="also write the Markdown report here")
   ap.add_argument("--json", default="", help="also write the raw results as JSON here")
+  ap.add_argument("--stem-train", default="", help="SIZE,BATCH: only the train-step stem comparison")
   ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   if args.worker:
     worker_main(args.worker)
+    return
+  if args.stem_train:
+    size, batch = (int(v) for v in args.stem_train.split(","))
+    threads = int(args.threads or 1)
+    paired.pin_threads(threads)
+    stem_train_compare(size, batch, args.rounds or 8, threads)
     return
   t_start = time.perf_counter()
   rows = args.rows.split(",") if args.rows else (["mbv2_96"] if args.quick else list(ROWS))
@@ -483,7 +586,9 @@ def main(argv: list[str] | None = None) -> None:
   )
   args.rounds = args.rounds or (4 if args.quick else 8)
   args.per_round = args.per_round or (1 if args.quick else 2)
-  args.jax_variants = [v for v in args.jax_variants.split(",") if v]
+  args.jax_variants = [v for v in args.jax_variants.split("|") if v]
+  args.sweep_batches = [int(b) for b in args.sweep_batches.split(",") if b]
+  rows_multi = args.rows_multi.split(",") if args.rows_multi else [r for r in rows if r in MULTI_THREAD_ROWS]
   args.torch = False
   notes = []
   if args.no_torch:
@@ -507,7 +612,7 @@ def main(argv: list[str] | None = None) -> None:
     for threads in threads_list:
       cores = sorted(os.sched_getaffinity(0))[:threads] if hasattr(os, "sched_getaffinity") else None
       t_threads = time.perf_counter()
-      for row in rows:
+      for row in rows if threads == 1 else rows_multi:
         backbone, size = ROWS[row][:2]
         heads = row.startswith("encode")
         if (backbone, heads) not in prepared:
@@ -525,10 +630,12 @@ def main(argv: list[str] | None = None) -> None:
     f"Output of `.venv/bin/python bench/bench_inference.py {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip()
     + f" ({time.strftime('%Y-%m-%d', time.gmtime())}).",
     "",
-    f"Machine: {paired.machine_header(max(threads_list))} at the start ({paired.cpu_model()}); load average "
-    f"at the start {', '.join(f'{v:.1f}' for v in load_start)}. jax {jax.__version__}; torch "
+    f"Machine: {os.cpu_count()} cores ({paired.cpu_model()}), load average at the start "
+    f"{', '.join(f'{v:.1f}' for v in load_start)}; threads per side {','.join(map(str, threads_list))} (rows "
+    f"at > 1 thread: {', '.join(rows_multi) or 'none'}). jax {jax.__version__}; torch "
     f"{torch_version if args.torch else 'not installed'}. Every side is its own process bound to the first "
-    f"N cores; {args.rounds} rounds, each the median of {args.per_round} call(s) per side, order alternating.",
+    f"N cores; {args.rounds} rounds, each the median of {args.per_round} call(s) per side ({', '.join(HEAVY)}: "
+    "1 call), order alternating.",
     "",
     "Ratio = per-image time of the side / per-image time of JAX in the same round, median (IQR q1–q3; "
     "min–max), n: > 1 means JAX is faster. Outputs checked before timing: max|Δ|/max|JAX| ≤ "

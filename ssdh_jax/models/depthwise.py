@@ -17,6 +17,7 @@ forward at 0.45× PyTorch), while k·k·C_in broadcast multiply-adds, each a (B,
 (C_out,) kernel row, fuse into one elementwise loop over the output channels (`shifted_conv`, `StemConv`).
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -88,11 +89,25 @@ def _tap(xp: Array, i: int, j: int, stride: int, ho: int, wo: int) -> Array:
   )
 
 
+def _dense_conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+  """What nn.Conv runs: lax's convolution, the kernel cast to x.dtype."""
+  return lax.conv_general_dilated(
+    x,
+    kernel.astype(x.dtype),
+    window_strides=(stride, stride),
+    padding=((padding, padding), (padding, padding)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def shifted_conv(x: Array, kernel: Array, stride: int = 1, padding: int = 0) -> Array:
   """Dense convolution (groups = 1), no bias, as k·k·C_in shifted broadcast multiply-adds.
 
   For few input channels only (the cost is k·k·C_in elementwise passes' worth of arithmetic, all in one
-  fused loop): y = Σ_ij Σ_c pad(x)[:, i::s, j::s, c:c+1] · w[i, j, c, :], summed in that order.
+  fused loop): y = Σ_ij Σ_c pad(x)[:, i::s, j::s, c:c+1] · w[i, j, c, :], summed in that order. Only the
+  forward is shifted: the gradients are the convolution's (`_shifted_conv_bwd`); the weight gradient written
+  as k·k·C_in reductions made the train step slower (bench_inference.py --stem-train).
 
   Args:
     x: (B, H, W, C_in); its dtype is the compute dtype (half precision accumulates in float32).
@@ -118,6 +133,19 @@ def shifted_conv(x: Array, kernel: Array, stride: int = 1, padding: int = 0) -> 
         term = tap[..., c : c + 1] * w_acc[i, j, c]
         out = term if out is None else out + term
   return out.astype(x.dtype)
+
+
+def _shifted_conv_fwd(x: Array, kernel: Array, stride: int, padding: int):
+  return shifted_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _shifted_conv_bwd(stride: int, padding: int, res, g: Array):
+  x, kernel = res
+  _, vjp = jax.vjp(lambda x, k: _dense_conv(x, k, stride, padding), x, kernel)
+  return vjp(g)
+
+
+shifted_conv.defvjp(_shifted_conv_fwd, _shifted_conv_bwd)
 
 
 # A dense convolution runs as shifted multiply-adds (under 'shift') when it has at most this many input
@@ -159,13 +187,7 @@ class StemConv(nn.Module):
     if resolve_impl(self.impl) == "shift" and cin <= STEM_MAX_CHANNELS:
       y = shifted_conv(x, kernel, self.stride, p)
     else:
-      y = lax.conv_general_dilated(
-        x,
-        kernel.astype(self.dtype),
-        window_strides=(self.stride, self.stride),
-        padding=((p, p), (p, p)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      )
+      y = _dense_conv(x, kernel, self.stride, p)
     return y if bias is None else y + bias.astype(self.dtype)
 
 
