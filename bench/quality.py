@@ -159,7 +159,7 @@ def base_config(args, bits: int, backbone: str):
 METHODS = {
   "ssdh": {},
   "supervised": {"loss.lam": 0.0, "data.include_unlabeled": False},
-  "dpsh": {"loss.name": "dpsh", "data.include_unlabeled": False},
+  "dpsh": {"loss.name": "dpsh", "data.include_unlabeled": False, "loss.extra_terms": ()},  # SSDH's terms only
   # Remedies for unlabeled terms that hurt (issue 12, section 4), each one config change:
   "ssdh_features": {"loss.graph_feature": "features"},  # graph from backbone features, not the codes
   "ssdh_release": {"loss.variant": "multi_label"},  # the release's full objective: + pseudo-label, class
@@ -534,7 +534,9 @@ def main(argv=None) -> None:
   )
   p.add_argument("--steps", type=int, default=0, help="train steps (quick default 500; pretrained: config's)")
   p.add_argument("--image-size", type=int, default=160, help="--pretrained: input size (px)")
-  p.add_argument("--trainable", default="features_18", help="--pretrained: first trainable backbone layer")
+  p.add_argument(
+    "--trainable", default="heads", help="--pretrained: first trainable backbone layer (the config's: heads)"
+  )
   p.add_argument("--e2e", action="store_true", help="--pretrained: add one all-layers-trainable SSDH run")
   p.add_argument("--e2e-steps", type=int, default=100, help="steps of the --e2e run")
   p.add_argument("--e2e-batch", type=int, default=64, help="global batch of the --e2e run")

@@ -6,7 +6,8 @@ resumable, then a table ranked by each run's own best validation mAP (the querie
     --variant "sgd_0.01=optim.name=sgd optim.lr=0.01" --variant "adam_1e-3=optim.name=adam optim.lr=0.001" \
     --out bench/results/sweep.md
 
-Each variant is `name=key=value key=value …` (config overrides, as train.py's --config.key=value). A finished
+Each variant is `name=key=value key=value …` (config overrides, as train.py's --config.key=value; a key
+given twice, in --common and the variant, is an error: give it in one place). A finished
 run (its metrics.json exists) is not trained again. The table holds, per run: the overrides, the best
 validation mAP and its step, the validation curve (to see the plateau), and the query metrics of the
 best-by-validation checkpoint (mAP@all, P@H≤2, constant bits, bit entropy) — reported, never used to choose.
@@ -28,10 +29,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
-  name, _, rest = text.partition("=")
-  if not name or not rest:
-    raise SystemExit(f"--variant {text!r}: expected NAME=key=value [key=value ...]")
-  return name, shlex.split(rest)
+  """NAME=key=value key=value …; split at whitespace only (quotes stay part of a value, so a Python literal
+  such as loss.extra_terms=(('bit_balance',0.03),) passes as written; no spaces inside a value). NAME= alone
+  is the config as it is."""
+  name, sep, rest = text.partition("=")
+  if not name or not sep:
+    raise SystemExit(f"--variant {text!r}: expected NAME=[key=value ...]")
+  return name, rest.split()
 
 
 def train(args, name: str, overrides: list[str]) -> str:
@@ -39,7 +43,7 @@ def train(args, name: str, overrides: list[str]) -> str:
   if os.path.exists(os.path.join(run, "metrics.json")):
     return run
   cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", args.config, "--workdir", run]
-  cmd += [f"--config.{o}" for o in [*shlex.split(args.common), *overrides]]
+  cmd += [f"--config.{o}" for o in [*args.common.split(), *overrides]]
   os.makedirs(args.workdir, exist_ok=True)
   log = os.path.join(args.workdir, f"{name}.log")
   print(f"[sweep] {name}: {' '.join(map(shlex.quote, cmd))}", flush=True)
