@@ -34,7 +34,9 @@ import numpy as np
 from ssdh_jax.data.sources import Examples
 from ssdh_jax.models import pointwise
 
-_VERSION = 1
+_VERSION = (
+  2  # 2: MobileNetV2's stem conv follows model.depthwise (shifted multiply-adds on CPU: another sum order)
+)
 _CHUNK = 1 << 24
 
 
