@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from ssdh_jax import run_dir
+
 # Fields that legitimately differ between the processes of one run (each has its own id).
 PER_PROCESS = frozenset({"train.process_id", "train.progress"})
 _PREFIX = "ssdh_jax"
@@ -122,16 +124,6 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
     time.sleep(0.25)
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
-
-
 def _try_get(client, key: str) -> str | None:
   try:
     return client.key_value_try_get(key)
@@ -168,7 +160,7 @@ class Run:
     mine = json.loads(self.config.to_json_best_effort())
     client.key_value_set(f"{self.ns}/config/{self.pid}", json.dumps(mine, sort_keys=True))
     timeout_ms = 1000 * field(self.config.train, "init_timeout", 300)
-    ours = {k: v for k, v in _flat(mine).items() if k not in PER_PROCESS}
+    ours = {k: v for k, v in run_dir.flat_fields(mine).items() if k not in PER_PROCESS}
     diffs = []
     for q in range(self.processes):
       if q == self.pid:
@@ -177,7 +169,7 @@ class Run:
         theirs = json.loads(client.blocking_key_value_get(f"{self.ns}/config/{q}", timeout_ms))
       except Exception as e:
         raise DistributedError(f"process {q} did not publish its config ({str(e).splitlines()[0]})") from None
-      flat = {k: v for k, v in _flat(theirs).items() if k not in PER_PROCESS}
+      flat = {k: v for k, v in run_dir.flat_fields(theirs).items() if k not in PER_PROCESS}
       for k in sorted(set(ours) | set(flat)):
         if ours.get(k, "<absent>") != flat.get(k, "<absent>"):
           diffs.append(
