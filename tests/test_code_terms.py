@@ -7,7 +7,20 @@ import numpy as np
 import pytest
 
 from ssdh_jax import hashing, losses
-from tests.test_losses import make_batch
+
+
+def make_batch(seed, n, k, c=5):
+  """Random global batch: codes in (0,1), class logits, one-hot labels on about half the rows. (Not imported
+  from test_losses: importing a test module twice registers its terms twice.)"""
+  rng = np.random.default_rng(seed)
+  labeled = rng.random(n) < 0.5
+  labels = np.eye(c, dtype=np.float32)[rng.integers(0, c, n)]
+  labels[~labeled] = 0.0
+  outputs = {
+    "codes": jnp.asarray(1 / (1 + np.exp(-2 * rng.normal(size=(n, k)))), jnp.float32),
+    "class_logits": jnp.asarray(rng.normal(size=(n, c)), jnp.float32),
+  }
+  return outputs, jnp.asarray(labels), jnp.asarray(labeled)
 
 
 def _hand_balance(h: np.ndarray) -> float:
