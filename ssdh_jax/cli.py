@@ -77,11 +77,11 @@ def _train(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _start()
   _load_user_code(FLAGS.workdir)  # before any name in the config is resolved
-  from ssdh_jax import train_lib
+  from ssdh_jax import multihost, train_lib
 
   try:
     results = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (FileNotFoundError, ValueError, train_lib.NonFiniteError, train_lib.DistributedError) as e:
+  except (FileNotFoundError, ValueError, train_lib.NonFiniteError, multihost.DistributedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if results.get("preempted"):  # SIGTERM: a checkpoint at an agreed step, a clean exit for the scheduler

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssdh_jax import checkpoints, config_checks, evaluate, index, mesh, models
+from ssdh_jax import checkpoints, config_checks, evaluate, index, mesh, models, multihost
 from ssdh_jax.data import pipeline
 
 
@@ -110,7 +110,7 @@ def evaluate_workdir(
   if distributed:
     # On several processes each encodes its share and all get every code.
     config.train.distributed = True
-    train_lib.initialize_distributed(config.train, connect_timeout=connect_timeout)
+    multihost.initialize(config.train, connect_timeout)
   elif num_devices > len(jax.local_devices()):
     num_devices = 0  # trained on a bigger host: encode on every device here (codes do not depend on it)
   dmesh = mesh.create(config.train.parallel, num_devices)

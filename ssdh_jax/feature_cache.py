@@ -34,9 +34,8 @@ import numpy as np
 from ssdh_jax.data.sources import Examples
 from ssdh_jax.models import pointwise
 
-_VERSION = (
-  2  # 2: MobileNetV2's stem conv follows model.depthwise (shifted multiply-adds on CPU: another sum order)
-)
+# 2: MobileNetV2's stem conv follows model.depthwise (shifted multiply-adds on CPU: another sum order).
+_VERSION = 2
 _CHUNK = 1 << 24
 
 
@@ -162,7 +161,7 @@ class _Progress:
   def __init__(self, total: int, bar: bool, every_s: float):
     self.total, self.done, self.every_s = total, 0, every_s
     self.t0 = self.t_log = time.perf_counter()
-    self.computed = 0  # rows computed here (not read back from saved chunks): the rate counts only these
+    self.computed = 0  # rows computed since t0 (not read back from saved chunks)
     self.bar = None
     if bar:
       from tqdm.auto import tqdm
@@ -171,9 +170,10 @@ class _Progress:
 
   def update(self, rows: int, computed: bool) -> None:
     self.done += rows
-    if not computed:
-      self.t0 = time.perf_counter()  # the rate counts computing time only, not reading saved chunks back
-    self.computed += rows if computed else 0
+    if computed:
+      self.computed += rows
+    else:  # the rate counts rows computed since the last chunk read back, over that time only
+      self.t0, self.computed = time.perf_counter(), 0
     if self.bar is not None:
       self.bar.update(rows)
     now = time.perf_counter()
@@ -192,10 +192,6 @@ class _Progress:
   def close(self) -> None:
     if self.bar is not None:
       self.bar.close()
-
-
-def _rows(pool: Examples, start: int, stop: int) -> Examples:
-  return Examples(pool.images[start:stop], pool.labels[start:stop], pool.ids[start:stop])
 
 
 def _chunk_path(chunk_dir: str, start: int, stop: int) -> str:
@@ -253,7 +249,7 @@ def extract(
       if part is not None:
         report.update(len(part), computed=False)
       else:
-        part = _extract_rows(prefix_fn, _rows(pool, start, stop), batches, report)
+        part = _extract_rows(prefix_fn, pool.subset(np.arange(start, stop)), batches, report)
         if chunk_dir and save_chunks and stop < total:  # the last chunk goes straight into the entry
           _write_chunk(chunk_dir, start, part)
       if out is None:

@@ -386,17 +386,6 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([np.asarray(h[k]).reshape(-1)[0] for h in history])) for k in history[0]}
 
 
-DistributedError = multihost.DistributedError
-
-
-def initialize_distributed(
-  train_cfg: ml_collections.ConfigDict, connect_timeout: float | None = None
-) -> None:
-  """jax.distributed.initialize when train.distributed is set, with the train.* timeouts and one-line errors
-  (`multihost.initialize`). A second call in the same process is a no-op."""
-  multihost.initialize(train_cfg, connect_timeout)
-
-
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -428,7 +417,7 @@ def train_and_evaluate(
       "config.model.pretrained / config.model.trainable: they apply to the backbone config.model.name names; "
       "with a model object keep pretrained='' and trainable='all'"
     )
-  initialize_distributed(config.train)
+  multihost.initialize(config.train)
   run = multihost.Run(config)
   # Processes started with different configs are refused before anything is written; from here on a watchdog
   # names a process that is lost, and an error here tells the others (they stop instead of waiting).
@@ -480,9 +469,8 @@ def _train_and_evaluate(
       f.write(config.to_json_best_effort(indent=2))
     with open(os.path.join(workdir, "run_meta.json"), "w") as f:
       json.dump(meta, f, indent=2, default=str)
-    plugins.record(
-      workdir
-    )  # user modules (--module, entry points): eval.py and ssdh-search import them again
+    # User modules (--module, entry points): eval.py and ssdh-search import them again.
+    plugins.record(workdir)
   ckpt = checkpoints.Checkpointer(
     workdir,
     config.train.keep_checkpoints,
@@ -548,7 +536,7 @@ def _train_and_evaluate(
       boundary = step % config.train.log_every == 0 or step == num_steps or preempted
       ckpt_due = step % config.train.checkpoint_every == 0 or step == num_steps or preempted
       eval_due = (config.train.eval_every and (step % config.train.eval_every == 0)) or step == num_steps
-      if boundary or ckpt_due or eval_due or preempted or (stop_after is not None and step >= stop_after):
+      if boundary or ckpt_due or eval_due or (stop_after is not None and step >= stop_after):
         finished(block_all=True)
         scalars = _mean_metrics(dmesh.to_host(history))
         history = []
