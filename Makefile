@@ -84,6 +84,9 @@ Q3K := train.num_steps=3000 train.eval_every=250 train.checkpoint_every=250 loss
 quality-pretrained: $(STAMP)
 	$(PY) -c "import sys; sys.path.insert(0, 'bench'); import quality; quality.unpack_cifar10(quality.ARCHIVE, '$(QD)/cifar10')"
 	$(PY) bench/ceiling.py $(QC) --workdir $(QD)/ceiling $(addprefix --config.,$(QCOMMON))
+	# The grid (SSDH, supervised-only, DPSH, ITQ, LSH x 48/32/24/12 bits, 3 seeds) on the shipped recipe.
+	$(PY) bench/quality.py --pretrained --trainable heads --image-size 160 --bits 48,32,24,12 --seeds 3 \
+	  --data-dir $(QD)/cifar10 --workdir $(QD)/grid --out $(QD)/grid.md
 	$(PY) bench/sweep.py $(QC) --workdir $(QD)/sweep --common "$(QCOMMON)" \
 	  --variant "adam3e-4_6k=loss.extra_terms=()" \
 	  --variant "adam3e-4_6k_bal0.01=loss.extra_terms=(('bit_balance',0.01),)" \
@@ -97,6 +100,14 @@ quality-pretrained: $(STAMP)
 	  $(foreach n,1000 250 5000,$(foreach s,0 1 2,--variant "n$(n)_ssdh_s$(s)=seed=$(s) $(if $(filter 5000,$(n)),,data.num_labeled=$(n))" \
 	  --variant "n$(n)_sup_s$(s)=seed=$(s) loss.lam=0 data.include_unlabeled=False $(if $(filter 5000,$(n)),,data.num_labeled=$(n))")) \
 	  --out $(QD)/semi.md
+	# Pseudo-labels propagated over a kNN graph of the whole pool (config.pseudo), with and without SSDH's terms,
+	# against the same supervised-only and SSDH runs (finished runs are read back, not trained again).
+	$(PY) bench/sweep.py $(QC) --workdir $(QD)/semi --common "$(QCOMMON) optim.lr=0.001 $(Q3K)" \
+	  --pair ssdh,sup --pair plsup,sup --pair plssdh,sup --pair plssdh,plsup \
+	  $(foreach n,1000 5000,$(foreach s,0 1 2,$(foreach m,sup ssdh plsup plssdh,--variant "n$(n)_$(m)_s$(s)=seed=$(s) \
+	  $(if $(filter 5000,$(n)),,data.num_labeled=$(n)) $(if $(filter %sup,$(m)),loss.lam=0 data.include_unlabeled=False) \
+	  $(if $(filter pl%,$(m)),pseudo.mode=propagate)"))) \
+	  --out $(QD)/semi_pool_graph.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -144,8 +144,9 @@ def main() -> None:
   p.add_argument("--header", default="", help="a line put above the table (the command, the machine)")
   p.add_argument(
     "--pair",
-    default="",
-    help="A,B: also a table of method A minus B paired by seed (variants GROUP_METHOD_sSEED)",
+    action="append",
+    default=[],
+    help="A,B: also a table of method A minus B paired by seed (variants GROUP_METHOD_sSEED); repeatable",
   )
   args = p.parse_args()
   variants = [parse_variant(v) for v in args.variant]
@@ -153,8 +154,8 @@ def main() -> None:
     raise SystemExit("give at least one --variant")
   rows = [summarise(n, o, train(args, n, o)) for n, o in variants]
   text = (args.header + "\n\n" if args.header else "") + table(rows, choose=not args.pair)
-  if args.pair:
-    a, b = args.pair.split(",")
+  for pair in args.pair:
+    a, b = pair.split(",")
     text += "\n" + paired_table(rows, a, b)
   print(text)
   if args.out:

@@ -70,6 +70,19 @@ def get_config() -> ml_collections.ConfigDict:
   # Every field of ssdh_jax.losses.SSDHLoss (documented there), with its release defaults: one source of truth.
   c.loss = ml_collections.ConfigDict({"name": "ssdh", **losses.SSDHLoss().to_dict()})  # name: ssdh | dpsh
 
+  # ---------------------------------------------------------------- pool graph and pseudo-labels
+  # Beyond the paper (ssdh_jax.pool_graph): a kNN graph over every training image, labels propagated over it,
+  # and the most confident unlabeled images of each class added to the labeled set with their predicted class.
+  c.pseudo = p = ml_collections.ConfigDict()
+  p.mode = "off"  # off | propagate
+  p.feature = "features"  # features (what the hash layer reads) | codes (sigmoid-relaxed): the graph's space
+  p.k = 10  # neighbours per image
+  p.alpha = 0.99  # label spread: (I - alpha S)^-1 Y
+  p.gamma = 3.0  # edge weight: cosine similarity ** gamma
+  p.iters = 20  # conjugate-gradient steps
+  p.fraction = 0.5  # share of each predicted class's unlabeled images kept, most confident first
+  p.refresh_every = 0  # steps between recomputations from the current model (0: once, before step 0)
+
   # ---------------------------------------------------------------- optimiser
   c.optim = o = ml_collections.ConfigDict()
   o.name = "sgd"  # sgd | adam

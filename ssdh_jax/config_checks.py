@@ -123,6 +123,14 @@ RULES: Mapping[str, Rule] = {
   "model.pointwise": _choice("auto", *pointwise.IMPLS),
   "model.trainable": _trainable,
   "model.feature_cache": _choice("auto", "off"),
+  "pseudo.mode": _choice("off", "propagate"),
+  "pseudo.feature": _choice("features", "codes"),
+  "pseudo.k": _int(1),
+  "pseudo.alpha": _num(0.0, 1.0, open_hi=True),
+  "pseudo.gamma": _num(0.0),
+  "pseudo.iters": _int(1),
+  "pseudo.fraction": _num(0.0, 1.0),
+  "pseudo.refresh_every": _int(0),
   "loss.name": _str,  # resolved by check_names (training): evaluation never builds the loss
   "loss.variant": _choice("multi_label", "single_label"),
   "loss.graph_feature": _choice("codes", "features", "fc7"),
@@ -197,6 +205,12 @@ def check_config(config: ml_collections.ConfigDict | Mapping[str, Any]) -> None:
     raise ValueError(
       "config.eval.backend: 'faiss' needs FAISS, which is not installed: pip install faiss-cpu"
     )
+  p = config.get("pseudo", {})
+  if p.get("mode", "off") != "off":
+    if config["data"]["multi_label"]:
+      raise ValueError(
+        "config.pseudo.mode: pseudo-labels are single-label (one class per image); got multi_label data"
+      )
   t = config["train"]
   if t.get("coordinator_address") and not 0 <= int(t["process_id"]) < int(t["num_processes"]):
     raise ValueError(

@@ -94,6 +94,18 @@ def encode(
 
   bar = tqdm(total=len(examples), desc=f"encode {desc}".strip(), unit="img", dynamic_ncols=True, leave=False,
              disable=None if progress else True)  # fmt: skip
+
+  def collect(done) -> None:
+    b, h, n, batch = done
+    codes.append(np.asarray(hashing.pack_bits(b))[:n])
+    if return_relaxed:
+      relaxed.append(np.asarray(h)[:n])
+    labels.append(np.asarray(batch["labels"]))
+    ids.append(np.asarray(batch["id"]))
+    bar.update(n)
+
+  # One batch in flight: JAX dispatches asynchronously, so the next batch is decoded while this one runs.
+  pending = None
   for batch in pipeline.eval_batches(examples, config, bs):
     images = np.asarray(batch["image"])
     n = images.shape[0]
@@ -101,12 +113,11 @@ def encode(
     if pad:
       images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
     b, h = encode_batch(variables, jax.device_put(images, sharding))
-    codes.append(np.asarray(hashing.pack_bits(b))[:n])
-    if return_relaxed:
-      relaxed.append(np.asarray(h)[:n])
-    labels.append(np.asarray(batch["labels"]))
-    ids.append(np.asarray(batch["id"]))
-    bar.update(n)
+    if pending is not None:
+      collect(pending)
+    pending = (b, h, n, batch)
+  if pending is not None:
+    collect(pending)
   bar.close()
   out = {
     "codes": np.concatenate(codes),

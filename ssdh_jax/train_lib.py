@@ -38,6 +38,7 @@ from ssdh_jax import (
   multihost,
   optim,
   plugins,
+  pool_graph,
   preprocessing,
   run_dir,
 )
@@ -381,6 +382,36 @@ def input_view(
   return models.build_model(config.model, input_layer=layer), view, record
 
 
+def _pseudo_splits(
+  config: ml_collections.ConfigDict,
+  model: flax.linen.Module,
+  state: TrainState,
+  splits: Mapping,
+  workdir: str,
+  step: int,
+  writer: metric_writer.MetricWriter,
+) -> Mapping:
+  """The splits training batches are drawn from at `step`: `splits`, or with pool-graph pseudo-labels
+  (config.pseudo): computed from `state` at a refresh step, else the last refresh saved in the run folder."""
+  if config.pseudo.mode == "off":
+    return splits
+  saved = pool_graph.latest_saved(workdir, step)
+  if saved is not None and (saved == step or not pool_graph.refresh_due(config, step)):
+    return pool_graph.load(splits, workdir, saved)
+  variables = {"params": state.params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  cache = (
+    feature_cache_dir(config, workdir) if config.data.cache_dir or config.model.feature_cache_dir else ""
+  )
+  out, stats = pool_graph.refresh(
+    config, model, variables, splits, step=step, workdir=workdir, cache_dir=cache
+  )
+  writer.write(step, stats)
+  logging.info("step %d: %s", step, pool_graph.describe(stats))
+  return out
+
+
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
   """Means over steps of host-side metric dicts (scalars)."""
   return {k: float(np.mean([np.asarray(h[k]).reshape(-1)[0] for h in history])) for k in history[0]}
@@ -485,7 +516,6 @@ def _train_and_evaluate(
   writer = metric_writer.MetricWriter(workdir, enabled=is_main, resume_step=start)
   # Each process materialises only its rows of every global batch.
   rows = dmesh.host_rows(int(config.train.batch_size))
-  batches: Iterator[dict] = pipeline.train_batches(splits, config, config.seed, start, rows=rows)
   pstate = dmesh.replicate(state)
 
   progress = None
@@ -517,7 +547,14 @@ def _train_and_evaluate(
   run.start()
   failed = False  # a failure before any checkpoint (e.g. a user's loss term that fails to trace)
   try:
+    train_splits = _pseudo_splits(config, model, state, splits, workdir, start, writer)
+    batches: Iterator[dict] = pipeline.train_batches(train_splits, config, config.seed, start, rows=rows)
     while step < num_steps:
+      if step > start and pool_graph.refresh_due(config, step):
+        finished(block_all=True)
+        batches.close()
+        train_splits = _pseudo_splits(config, model, dmesh.to_host(pstate), splits, workdir, step, writer)
+        batches = pipeline.train_batches(train_splits, config, config.seed, step, rows=rows)
       batch = next(batches)
       placed = dmesh.shard_batch({k: batch[k] for k in ("image", "labels", "labeled")})
       if diag_fn is not None and step % diag_every == 0:
