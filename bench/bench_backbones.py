@@ -4,9 +4,9 @@ One timed step = model.apply(train=True: dropout, BatchNorm batch statistics) â†
 logits â†’ gradients w.r.t. all params, jitted, on random weights (values do not change the arithmetic). On CPU
 (always) fp32 with a small batch; when JAX sees a GPU, also fp32 and bf16 compute with a larger batch.
 
-  .venv/bin/python bench/bench_backbones.py [--quick] [--backbones vgg_f,mobilenet_v2] [--reps N]
-  .venv/bin/python bench/bench_backbones.py --depthwise-compare [--dw-batch 8] [--dw-size 160] [--dw-pairs 10]
-  .venv/bin/python bench/bench_backbones.py --pointwise-compare [the same --dw-* options]
+  .venv/bin/python -m bench.bench_backbones [--quick] [--backbones vgg_f,mobilenet_v2] [--reps N]
+  .venv/bin/python -m bench.bench_backbones --depthwise-compare [--dw-batch 8] [--dw-size 160] [--dw-pairs 10]
+  .venv/bin/python -m bench.bench_backbones --pointwise-compare [the same --dw-* options]
 
 --quick keeps to small_cnn, mobilenet_v2, alexnet and vgg_f at small batches (< 2 min on 2 CPU cores), then
 runs a small --depthwise-compare (batch 8, 96 px).
@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-
-import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssdh_jax import models
 from ssdh_jax.models.mobilenet_v2 import MobileNetV2

@@ -4,8 +4,8 @@ The run directory is copied (config, splits, checkpoints) into a temporary folde
 reports are not rewritten. Each repeat is a fresh `python eval.py` process: start-up, imports, data loading,
 restore, encoding, metrics and writing are all in the time. Phases come from eval.py's own stderr lines.
 
-  .venv/bin/python bench/bench_eval.py --workdir RUN [--repeats 3]   # e.g. a CIFAR-10 run of train.py
-  .venv/bin/python bench/bench_eval.py --quick                        # trains a tiny digits run first
+  .venv/bin/python -m bench.bench_eval --workdir RUN [--repeats 3]   # e.g. a CIFAR-10 run of train.py
+  .venv/bin/python -m bench.bench_eval --quick                        # trains a tiny digits run first
 
 Target (issue 16): a CIFAR-10 run (1,000 queries, 54,000 database images) in <= 120 s on 2 CPU cores.
 The machine's load average is printed beside the times: on a shared machine they are upper bounds.
@@ -25,7 +25,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench.harness import ROOT
+
 TARGET_S = 120.0
 _PHASE_DONE = re.compile(r"^eval: done in ([\d.]+) s \((.*)\)$")
 
