@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench import harness
 from ssdh_jax import models
 from ssdh_jax.models.mobilenet_v2 import MobileNetV2
 
@@ -179,10 +180,15 @@ def print_lowering_compare(field: str, batch: int, size: int, pairs: int) -> Non
   )
   rows = lowering_compare(field, batch, size, pairs, cpu)
   print(f"compile (4 steps): {rows[0]['compile_s']:.1f} s; load average at end: {os.getloadavg()[0]:.2f}\n")
-  print(
-    f"| step | {base} ms (median) | {ours} ms (median) | {base}/{ours} (median of pairs) | min–max | IQR |"
+  columns = (
+    "step",
+    f"{base} ms (median)",
+    f"{ours} ms (median)",
+    f"{base}/{ours} (median of pairs)",
+    "min–max",
+    "IQR",
   )
-  print("|---|---|---|---|---|---|")
+  print(*harness.md_head(columns), sep="\n")
   for r in rows:
     print(
       f"| {r['kind']} | {r['base_ms']:.1f} | {r['ours_ms']:.1f} | {r['ratio']:.2f}x | "
@@ -231,10 +237,9 @@ def main():
   if jax.default_backend() == "gpu":
     kinds["gpu"] = jax.devices("gpu")[0].device_kind
   print(f"\n## Backbone forward+backward throughput (hashing model, train mode; JAX {jax.__version__})\n")
-  print(
-    "| device | backbone | input | compute dtype | batch | compile s | step ms | images/s | GFLOP/image |"
-  )
-  print("|---|---|---|---|---|---|---|---|---|")
+  columns = ("device", "backbone", "input", "compute dtype", "batch", "compile s", "step ms",
+             "images/s", "GFLOP/image")  # fmt: skip
+  print(*harness.md_head(columns), sep="\n")
   for dev, r in rows:
     print(
       f"| {kinds[dev]} | {r['backbone']} | {r['size']}x{r['size']} | {r['dtype']} | {r['batch']} | "

@@ -78,7 +78,7 @@ def main() -> None:
       "step ms (median, context)",
       "t_variant / t_default median (IQR; min–max), n",
     )
-    print("\n".join(harness.md_head(columns)))
+    print(*harness.md_head(columns), sep="\n")
     for s in sides:
       if s.key not in times:
         print(f"| {s.key} | `{VARIANTS[s.key]}` | {s.error or 'not run'} | |")

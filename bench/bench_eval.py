@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 
+from bench import harness
 from bench.harness import ROOT
 
 TARGET_S = 120.0
@@ -95,8 +96,7 @@ def main() -> None:
         f"{str(key.get('split_hash'))[:12]}, {key.get('bits')} bits, {key.get('backbone')}, mAP@"
         f"{key.get('R') or 'all'} {rows[0]['map']:.4f}; {os.cpu_count()} cores ({platform.processor() or platform.machine()}),"
         f" XLA cache: {args.xla_cache or 'none (cold start)'}\n")  # fmt: skip
-  print("| repeat | load avg | " + " | ".join(f"{n} s" for n in names) + " | wall s |")
-  print("|---" * (len(names) + 3) + "|")
+  print(*harness.md_head(["repeat", "load avg", *(f"{n} s" for n in names), "wall s"]), sep="\n")
   for i, row in enumerate(rows):
     cells = " | ".join(f"{row['phases'].get(n, float('nan')):.1f}" for n in names)
     print(f"| {i} | {row['load']:.1f} | {cells} | {row['wall']:.1f} |")

@@ -69,6 +69,9 @@ ROWS = {
 TORCH_SIDES = ("eager_cl", "compile_cl")  # --nchw adds eager contiguous NCHW (slower than channels_last here)
 HEAVY = ("vgg16", "extract_mbv2_160", "encode_mbv2_160")  # one call per side per round: a call takes seconds
 MULTI_THREAD_ROWS = ("mbv2_160", "mbv2_224", "vgg_f", "extract_mbv2_160")  # the rows with targets
+SIDE_COLUMNS = ("row", "threads", "side", "batch", "t_side / t_JAX median (IQR; min–max), n", "time",
+                "images/s", "max rel. diff")  # fmt: skip
+SUMMARY_COLUMNS = ("row", "threads", "best PyTorch side", "t_best / t_JAX median (IQR; min–max), n", "target")
 TORCH_LABEL = {
   "eager_cl": "eager, channels_last, inference_mode",
   "eager_nchw": "eager, contiguous NCHW, inference_mode",
@@ -311,9 +314,9 @@ def stem_train_compare(size: int, batch: int, rounds: int, threads: int) -> None
   times = harness.interleave(sides, rounds, per_round=2)
   print(f"\n## MobileNetV2 train step: RGB stem as shifted multiply-adds vs XLA's convolution ({size} px, batch "
         f"{batch}, {harness.machine_header(threads)}, jax {jax.__version__})\n")  # fmt: skip
-  print("| t_stem_conv / t_stem_shift median (IQR; min–max), n | stem_shift step ms | stem_conv step ms | "
-        "stem kernel gradient max rel. diff |")  # fmt: skip
-  print("|---|---:|---:|---|")
+  columns = ("t_stem_conv / t_stem_shift median (IQR; min–max), n", "stem_shift step ms",
+             "stem_conv step ms", "stem kernel gradient max rel. diff")  # fmt: skip
+  print(*harness.md_head(columns, "lrrl"), sep="\n")
   print(f"| {harness.ratio_summary(times, 'stem_conv', 'stem_shift')} | "
         f"{1e3 * statistics.median(times['stem_shift']):.0f} | {1e3 * statistics.median(times['stem_conv']):.0f} "
         f"| {rel:.1e} |")  # fmt: skip
@@ -414,15 +417,13 @@ def main(argv: list[str] | None = None) -> None:
     f"{TOL:g}. Batch = images per call of that side (extract / encode rows: eval batch of the pipeline, "
     f"{USER_IMAGES} images per call, time per call).",
     "",
-    "| row | threads | side | batch | t_side / t_JAX median (IQR; min–max), n | time | images/s | max rel. diff |",
-    "|---|---:|---|---:|---|---:|---:|---|",
+    *harness.md_head(SIDE_COLUMNS, "lrlrlrrl"),
   ]
   summary = [
     "",
     "Summary, JAX against the best PyTorch side of each row (target ≥ 1.0 for mbv2_160, mbv2_224, vgg_f):",
     "",
-    "| row | threads | best PyTorch side | t_best / t_JAX median (IQR; min–max), n | target |",
-    "|---|---:|---|---|---|",
+    *harness.md_head(SUMMARY_COLUMNS, "lrlll"),
     *summaries,
     "",
     "Weights: " + "; ".join(sorted({f"{r['row']}: {r['weights']}" for r in raw})) + ".",
@@ -433,11 +434,9 @@ def main(argv: list[str] | None = None) -> None:
   text = "\n".join(header + lines_all + summary)
   print(text)
   if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
+    harness.write_text(args.out, text + "\n")
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(raw, f, indent=1, default=str)
+    harness.write_text(args.json, json.dumps(raw, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -104,20 +104,19 @@ def _print_tables(results: list[dict], argv: list[str], untar_s: float | None) -
   for res in results:
     print(f"\n**{res['threads']} thread(s) per side** — {res['header']}  ")
     print(f"{res['versions']}\n")
-    print(
-      "| task | output | ours images/s (context) | tf.data config (fastest of the tried) | tf.data images/s "
-      "(context) | t_tfdata / t_ours median (IQR; min–max), n | the same, tf.data iterator creation counted "
-      "| same output? |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    columns = ("task", "output", "ours images/s (context)",
+               "tf.data config (fastest of the tried)", "tf.data images/s (context)",
+               "t_tfdata / t_ours median (IQR; min–max), n",
+               "the same, tf.data iterator creation counted", "same output?")  # fmt: skip
+    print(*harness.md_head(columns), sep="\n")
     for r in res["rows"]:
       print(
         f"| {r['task']} | {r['size']}x{r['size']} | {r['ours_ips']:,.0f} | {r['peer']} | {r['peer_ips']:,.0f} "
         f"| {r['ratio']} | {r['ratio_total']} | {r['equal']} |"
       )
     print("\nContext (absolute, not paired):\n")
-    print("| path | output | images/s | notes |")
-    print("|---|---|---|---|")
+    columns = ("path", "output", "images/s", "notes")
+    print(*harness.md_head(columns), sep="\n")
     for name, size, rate, note in res["context"]:
       print(f"| {name} | {size}x{size} | {rate:,.0f} | {note} |")
     print(
@@ -125,8 +124,8 @@ def _print_tables(results: list[dict], argv: list[str], untar_s: float | None) -
       "each process materialises only its rows of every global batch. Ratio = time of one process's share / "
       "time of the whole batch, both built in this process, alternating; ideal 1/P.\n"
     )
-    print("| path | output | P | ratio, median (min–max) | ideal |")
-    print("|---|---|---|---|---|")
+    columns = ("path", "output", "P", "ratio, median (min–max)", "ideal")
+    print(*harness.md_head(columns), sep="\n")
     for name, size, p, med, lo, hi in res["shares"]:
       print(f"| {name} | {size}x{size} | {p} | {med:.3f} ({lo:.3f}–{hi:.3f}) | {1 / p:.3f} |")
     if res["notes"]:

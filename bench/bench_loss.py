@@ -212,9 +212,9 @@ def main() -> None:
   if peer:
     print(f"**t_PyTorch / t_ssdh_jax, loss + gradient w.r.t. the outputs** ({rounds} paired rounds per N; "
           "the PyTorch configuration is the faster of those listed, chosen per N by 2 interleaved rounds)\n")  # fmt: skip
-    print("| N | peer at its best | ssdh_jax ms (context) | peer ms (context) | t_peer / t_ssdh_jax median (IQR; "
-          "min–max), n | other peer configs |")  # fmt: skip
-    print("|---:|---|---:|---:|---|---|")
+    columns = ("N", "peer at its best", "ssdh_jax ms (context)", "peer ms (context)",
+               "t_peer / t_ssdh_jax median (IQR; min–max), n", "other peer configs")  # fmt: skip
+    print(*harness.md_head(columns, "rlrrll"), sep="\n")
     notes = []
     for n in sizes:
       if n > args.peer_max_n:
@@ -244,11 +244,9 @@ def main() -> None:
       print(f"- {note}")
     print()
   print("**ssdh_jax time split** (context, absolute: medians of repeated calls)\n")
-  print(
-    "| N | k | compile + first run (s) | loss + grad (ms) | selection only (ms) | graph (ms) | other draws (ms) "
-    "| terms + grad (ms) | per anchor (µs) |"
-  )
-  print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+  columns = ("N", "k", "compile + first run (s)", "loss + grad (ms)", "selection only (ms)",
+             "graph (ms)", "other draws (ms)", "terms + grad (ms)", "per anchor (µs)")  # fmt: skip
+  print(*harness.md_head(columns, "rrrrrrrrr"), sep="\n")
   for n in sizes:
     reps = (3 if n >= 4096 else 5) if args.quick else (3 if n >= 4096 else 20)
     r = time_loss(n, args.k, reps=reps, loss_cfg=cfg, selection_only=True)

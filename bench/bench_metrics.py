@@ -61,9 +61,9 @@ def _print_tables(results: list[dict], argv: list[str]) -> None:
   for res in results:
     print(f"\n**{res['threads']} thread(s) per side** — {res['header']}  ")
     print(f"{res['versions']}\n")
-    print("| task | ssdh_jax s (context) | peer config | peer s (context) | t_peer / t_ssdh median (IQR; min–max), n "
-          "| results equal? |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    columns = ("task", "ssdh_jax s (context)", "peer config", "peer s (context)",
+               "t_peer / t_ssdh median (IQR; min–max), n", "results equal?")  # fmt: skip
+    print(*harness.md_head(columns), sep="\n")
     for r in res["rows"]:
       print(f"| {r['task']} | {r['ssdh']}: {r['ssdh_s']:.3f} | {r['peer']} | {r['peer_s']:.3f} | {r['ratio']} "
             f"| {r['equal']} |")  # fmt: skip

@@ -30,10 +30,9 @@ def main() -> None:
   names = ["small_cnn"] if args.quick else args.backbones.split(",")
   rounds = 3 if args.quick else args.rounds
   print(f"\nInitialiser compile, {harness.machine_header(args.threads)}\n")
-  print(
-    "| backbone | input | default compile s (median) | ours s (median) | t_default / t_ours | max param diff |"
-  )
-  print("|---|---|---|---|---|---|")
+  columns = ("backbone", "input", "default compile s (median)", "ours s (median)",
+             "t_default / t_ours", "max param diff")  # fmt: skip
+  print(*harness.md_head(columns), sep="\n")
   for name in names:
     _measure(name, rounds)
 

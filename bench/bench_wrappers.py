@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> None:
   )
   columns = ("backbone", "batch", "pmap step ms", "shard_map step ms",
              "t(shard_map) / t(pmap) median (IQR; min–max), n", "compile s pmap / shard_map")  # fmt: skip
-  print("\n".join(harness.md_head(columns)))
+  print(*harness.md_head(columns), sep="\n")
   for name in names:
     bsz = args.batch or QUICK_CPU_BATCH[name]
     r = compare_wrappers(name, bsz, rounds, args.per_round)
