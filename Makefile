@@ -4,9 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ssdh-installed
 CORE := $(VENV)/.ssdh-core-installed
+PEERS := $(VENV)/.ssdh-peers-installed
 WORKDIR ?= workdir/demo
 
-.PHONY: demo multihost-demo test test-fast bench gpu-suite-prepare gpu-suite-dry quality quality-pretrained lint format venv clean
+.PHONY: demo multihost-demo test test-fast bench bench-peers gpu-suite-prepare gpu-suite-dry quality quality-pretrained lint format venv clean
 
 venv: $(STAMP)
 
@@ -53,8 +54,18 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
+# Every comparison (bench/bench_*.py, run as modules from the repository root) with --quick. A comparison whose
+# peer (PyTorch, FAISS) is not installed skips those rows and says so on stderr: `make bench-peers` installs them.
 bench: $(STAMP)
-	for b in bench/bench_*.py; do $(PY) $$b --quick || exit 1; done
+	for b in bench/bench_*.py; do m=$$(basename $$b .py); $(PY) -m bench.$$m --quick || exit 1; done
+
+# The peers the benchmarks compare with (setup.cfg extra `peers`: torch, faiss-cpu); torch from its CPU index
+# unless TORCH_INDEX names another (e.g. https://download.pytorch.org/whl/cu124 on a GPU machine).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+bench-peers: $(PEERS)
+$(PEERS): $(STAMP)
+	$(PY) -m pip install -q -e '.[peers]' --extra-index-url $(TORCH_INDEX)
+	touch $(PEERS)
 
 # The accelerator suite (train steps vs PyTorch, mAP@5000, a short MobileNetV2 quality run): `gpu-suite-prepare`
 # fills the ignored .carry/ folder (wheels, weights, CIFAR-10) here; carry it to the GPU machine and run

@@ -4,9 +4,9 @@ One timed step = model.apply(train=True: dropout, BatchNorm batch statistics) �
 logits → gradients w.r.t. all params, jitted, on random weights (values do not change the arithmetic). On CPU
 (always) fp32 with a small batch; when JAX sees a GPU, also fp32 and bf16 compute with a larger batch.
 
-  .venv/bin/python bench/bench_backbones.py [--quick] [--backbones vgg_f,mobilenet_v2] [--reps N]
-  .venv/bin/python bench/bench_backbones.py --depthwise-compare [--dw-batch 8] [--dw-size 160] [--dw-pairs 10]
-  .venv/bin/python bench/bench_backbones.py --pointwise-compare [the same --dw-* options]
+  .venv/bin/python -m bench.bench_backbones [--quick] [--backbones vgg_f,mobilenet_v2] [--reps N]
+  .venv/bin/python -m bench.bench_backbones --depthwise-compare [--dw-batch 8] [--dw-size 160] [--dw-pairs 10]
+  .venv/bin/python -m bench.bench_backbones --pointwise-compare [the same --dw-* options]
 
 --quick keeps to small_cnn, mobilenet_v2, alexnet and vgg_f at small batches (< 2 min on 2 CPU cores), then
 runs a small --depthwise-compare (batch 8, 96 px).
@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-
-import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from bench import harness
 from ssdh_jax import models
 from ssdh_jax.models.mobilenet_v2 import MobileNetV2
 
@@ -183,10 +180,15 @@ def print_lowering_compare(field: str, batch: int, size: int, pairs: int) -> Non
   )
   rows = lowering_compare(field, batch, size, pairs, cpu)
   print(f"compile (4 steps): {rows[0]['compile_s']:.1f} s; load average at end: {os.getloadavg()[0]:.2f}\n")
-  print(
-    f"| step | {base} ms (median) | {ours} ms (median) | {base}/{ours} (median of pairs) | min–max | IQR |"
+  columns = (
+    "step",
+    f"{base} ms (median)",
+    f"{ours} ms (median)",
+    f"{base}/{ours} (median of pairs)",
+    "min–max",
+    "IQR",
   )
-  print("|---|---|---|---|---|---|")
+  print(*harness.md_head(columns), sep="\n")
   for r in rows:
     print(
       f"| {r['kind']} | {r['base_ms']:.1f} | {r['ours_ms']:.1f} | {r['ratio']:.2f}x | "
@@ -235,10 +237,9 @@ def main():
   if jax.default_backend() == "gpu":
     kinds["gpu"] = jax.devices("gpu")[0].device_kind
   print(f"\n## Backbone forward+backward throughput (hashing model, train mode; JAX {jax.__version__})\n")
-  print(
-    "| device | backbone | input | compute dtype | batch | compile s | step ms | images/s | GFLOP/image |"
-  )
-  print("|---|---|---|---|---|---|---|---|---|")
+  columns = ("device", "backbone", "input", "compute dtype", "batch", "compile s", "step ms",
+             "images/s", "GFLOP/image")  # fmt: skip
+  print(*harness.md_head(columns), sep="\n")
   for dev, r in rows:
     print(
       f"| {kinds[dev]} | {r['backbone']} | {r['size']}x{r['size']} | {r['dtype']} | {r['batch']} | "

@@ -4,8 +4,8 @@ The run directory is copied (config, splits, checkpoints) into a temporary folde
 reports are not rewritten. Each repeat is a fresh `python eval.py` process: start-up, imports, data loading,
 restore, encoding, metrics and writing are all in the time. Phases come from eval.py's own stderr lines.
 
-  .venv/bin/python bench/bench_eval.py --workdir RUN [--repeats 3]   # e.g. a CIFAR-10 run of train.py
-  .venv/bin/python bench/bench_eval.py --quick                        # trains a tiny digits run first
+  .venv/bin/python -m bench.bench_eval --workdir RUN [--repeats 3]   # e.g. a CIFAR-10 run of train.py
+  .venv/bin/python -m bench.bench_eval --quick                        # trains a tiny digits run first
 
 Target (issue 16): a CIFAR-10 run (1,000 queries, 54,000 database images) in <= 120 s on 2 CPU cores.
 The machine's load average is printed beside the times: on a shared machine they are upper bounds.
@@ -25,7 +25,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench import harness
+from bench.harness import ROOT
+
 TARGET_S = 120.0
 _PHASE_DONE = re.compile(r"^eval: done in ([\d.]+) s \((.*)\)$")
 
@@ -94,8 +96,7 @@ def main() -> None:
         f"{str(key.get('split_hash'))[:12]}, {key.get('bits')} bits, {key.get('backbone')}, mAP@"
         f"{key.get('R') or 'all'} {rows[0]['map']:.4f}; {os.cpu_count()} cores ({platform.processor() or platform.machine()}),"
         f" XLA cache: {args.xla_cache or 'none (cold start)'}\n")  # fmt: skip
-  print("| repeat | load avg | " + " | ".join(f"{n} s" for n in names) + " | wall s |")
-  print("|---" * (len(names) + 3) + "|")
+  print(*harness.md_head(["repeat", "load avg", *(f"{n} s" for n in names), "wall s"]), sep="\n")
   for i, row in enumerate(rows):
     cells = " | ".join(f"{row['phases'].get(n, float('nan')):.1f}" for n in names)
     print(f"| {i} | {row['load']:.1f} | {cells} | {row['wall']:.1f} |")

@@ -6,7 +6,7 @@ as a user feels them, the frozen-prefix extraction (`feature_cache.extract` with
 `train_lib.input_view` builds it, 32-px images resized to 160 by `pipeline.eval_batches`, MobileNetV2 up to
 features_18 as configs/cifar10_mobilenet_v2_cpu.py) and `evaluate.encode` (what eval.py runs: the whole hashing
 model, 48 bits, codes packed; relaxed codes kept as for the database). The PyTorch peers of those two rows take
-the same uint8 batches from the same host pipeline and run bench/torch_ref.py's port of the network.
+the same uint8 batches from the same host pipeline and run bench/peers/torch_ref.py's port of the network.
 
 Same weights: MobileNetV2 loads the packaged ImageNet checkpoint when installed (else a seeded init); VGG-F and
 VGG-16 a seeded Flax init; the JAX variables are exported to the PyTorch layout (ssdh_jax.weights) and loaded
@@ -17,10 +17,10 @@ PyTorch at its best, every side timed, the fastest per row is "best": eager unde
 channels_last model and input, eager contiguous NCHW, and torch.compile (inductor, channels_last, freezing on:
 BatchNorm folded, weights prepacked for oneDNN). Threads set on both sides (torch.set_num_threads, one
 interop thread; XLA: one intra-op thread at 1, its pool on the pinned cores at 2), every side its own process
-bound to the same cores (bench/paired.py), rounds alternating in order, ratio = per-image time of the PyTorch
+bound to the same cores (bench/harness.py), rounds alternating in order, ratio = per-image time of the PyTorch
 side / per-image time of JAX per round, median (IQR; min–max). > 1: JAX is faster.
 
-  .venv/bin/python bench/bench_inference.py [--quick] [--threads 1,2] [--rows mbv2_160,vgg_f] [--rounds N]
+  .venv/bin/python -m bench.bench_inference [--quick] [--threads 1,2] [--rows mbv2_160,vgg_f] [--rounds N]
       [--per-round N] [--no-compile] [--jax-variants stem_max_channels=0] [--out bench/results/inference_cpu.md]
 
 --jax-variants adds more JAX sides to every MobileNetV2 backbone row, each a model override such as
@@ -30,7 +30,7 @@ prefix_fn has them) or xla_flags=... (more XLA_FLAGS for that worker); each is p
 side.
 --quick: MobileNetV2 at 96 px, 1 thread, JAX vs eager channels_last, 4 rounds (< 2 min on 2 loaded cores).
 
-  .venv/bin/python bench/bench_inference.py --stem-train 160,8 [--rounds N] [--threads 1]
+  .venv/bin/python -m bench.bench_inference --stem-train 160,8 [--rounds N] [--threads 1]
       the train step with the stem's two lowerings, paired in one process (the stem change must not cost
       training what it gains inference)
 """
@@ -47,34 +47,12 @@ import tempfile
 import time
 from typing import Any
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCH_DIR)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, BENCH_DIR)
-import paired  # noqa: E402  (bench/paired.py)
+import numpy as np
 
-
-def _early_setup() -> None:
-  """A worker pins its threads before numpy / jax / torch start their pools (bench_train's rule)."""
-  if __name__ == "__main__" and "--worker" in sys.argv:
-    spec = json.loads(sys.argv[sys.argv.index("--worker") + 1])
-    try:
-      os.setsid()  # its own process group: a worker past its deadline is killed with its children
-    except OSError:
-      pass
-    paired.pin_threads(int(spec["threads"]), spec.get("cores") or None)
-    extra = (spec.get("overrides") or {}).get("xla_flags", "")
-    if extra:  # a JAX variant with more XLA flags (read when the backend starts)
-      os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()
-
-
-_early_setup()
-
-import numpy as np  # noqa: E402
+from bench import harness
+from bench.inference_worker import BITS, NUM_CLASSES, USER_IMAGES
 
 TOL = 1e-4  # max |Δ| / max |JAX output|, fp32
-BITS = 48
-NUM_CLASSES = 10
 # name: (backbone, input px, JAX batch, PyTorch batch). From `--sweep-batches` runs (bench/results/
 # inference_cpu.md): PyTorch eager MobileNetV2 runs fastest per image at batch 8, JAX is flat over 8–64;
 # VGG-F showed no clear preference on either side; VGG-16 stays at 8 to keep a round short.
@@ -88,39 +66,17 @@ ROWS = {
   "extract_mbv2_160": ("mobilenet_v2", 160, 128, 8),
   "encode_mbv2_160": ("mobilenet_v2", 160, 128, 8),
 }
-USER_IMAGES = 256
-PREPROCESS = {"mobilenet_v2": "imagenet", "vgg_f": "caffe_bgr", "vgg16": "imagenet"}
 TORCH_SIDES = ("eager_cl", "compile_cl")  # --nchw adds eager contiguous NCHW (slower than channels_last here)
 HEAVY = ("vgg16", "extract_mbv2_160", "encode_mbv2_160")  # one call per side per round: a call takes seconds
 MULTI_THREAD_ROWS = ("mbv2_160", "mbv2_224", "vgg_f", "extract_mbv2_160")  # the rows with targets
+SIDE_COLUMNS = ("row", "threads", "side", "batch", "t_side / t_JAX median (IQR; min–max), n", "time",
+                "images/s", "max rel. diff")  # fmt: skip
+SUMMARY_COLUMNS = ("row", "threads", "best PyTorch side", "t_best / t_JAX median (IQR; min–max), n", "target")
 TORCH_LABEL = {
   "eager_cl": "eager, channels_last, inference_mode",
   "eager_nchw": "eager, contiguous NCHW, inference_mode",
   "compile_cl": "torch.compile (inductor, freezing), channels_last, inference_mode",
 }
-
-
-def images_for(n: int, size: int, seed: int = 0) -> np.ndarray:
-  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def user_config(row: str, batch: int):
-  """configs/cifar10_mobilenet_v2_cpu.py for the extraction / encode rows (in-memory 32-px images), with the
-  side's batch as the eval batch."""
-  from configs.cifar10_mobilenet_v2_cpu import get_config
-
-  c = get_config()
-  c.eval.batch_size = batch
-  if row.startswith("encode"):
-    c.model.trainable = "all"  # eval.py on a run that trained the whole network encodes from the images
-  return c
-
-
-def user_examples(n: int):
-  from ssdh_jax.data.sources import Examples
-
-  labels = np.eye(NUM_CLASSES, dtype=np.float32)[np.arange(n) % NUM_CLASSES]
-  return Examples(images_for(n, 32, seed=5), labels, np.arange(n, dtype=np.int64))
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -181,183 +137,7 @@ def vgg_f_torch_state(npz: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return sd
 
 
-# ------------------------------------------------------------------------------------------------ workers
-
-
-def jax_worker(spec: dict[str, Any]):
-  """(one synchronised call, its output for the check, info)."""
-  import jax
-  from flax import traverse_util
-
-  from ssdh_jax import feature_cache, models, preprocessing
-  from ssdh_jax.models import depthwise, pointwise
-
-  flat = dict(np.load(spec["weights"]))
-  variables = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
-  name, size, batch, task = spec["backbone"], spec["size"], spec["batch"], spec["task"]
-  over = dict(spec.get("overrides") or {})
-  over.pop("xla_flags", None)  # applied before JAX started (_early_setup)
-  if "stem_max_channels" in over:  # 0: the RGB stem as the convolution, the lowering before issue 27
-    depthwise.STEM_MAX_CHANNELS = int(over.pop("stem_max_channels"))
-  info = {
-    "depthwise": depthwise.resolve_impl(over.get("depthwise", "auto")),
-    "pointwise": pointwise.resolve_impl(over.get("pointwise", "auto")),
-  }
-  t0 = time.perf_counter()
-  constants = over.pop("constants", "0") == "1"
-  if task == "backbone":
-    model = models.build_backbone(name, **over)
-    pre = PREPROCESS[name]
-    fn = jax.jit(lambda v, x: model.apply(v, preprocessing.preprocess(x, pre), train=False))
-    images = jax.device_put(images_for(batch, size))
-    variables = jax.device_put(variables)
-    if constants:  # the variables closed over: compile-time constants, as train_lib's prefix_fn has them
-      const = jax.jit(lambda x: model.apply(variables, preprocessing.preprocess(x, pre), train=False))
-      compiled_c = const.lower(images).compile()
-
-      def call():
-        return jax.block_until_ready(compiled_c(images))
-
-    else:
-      compiled = fn.lower(variables, images).compile()
-
-      def call():
-        return jax.block_until_ready(compiled(variables, images))
-
-    out = np.asarray(call())
-  else:
-    from ssdh_jax import evaluate
-    from ssdh_jax.data import pipeline
-
-    cfg = user_config(spec["row"], batch)
-    for k, v in over.items():
-      cfg.model[k] = v
-    pool = user_examples(USER_IMAGES)
-    if task == "extract":
-      prefix, _ = models.build_prefix(cfg.model)
-      bvars = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-
-      @jax.jit  # as train_lib.input_view: the variables are closed over
-      def prefix_fn(images):
-        return prefix.apply(bvars, preprocessing.preprocess(images, cfg.model.preprocess), train=False)
-
-      batches = lambda ex: pipeline.eval_batches(ex, cfg, int(cfg.eval.batch_size))
-
-      def call():
-        return feature_cache.extract(prefix_fn, pool, batches, progress=False)
-
-      out = call()
-    else:
-      model = models.build_model(cfg.model)
-      state = evaluate.ModelState(variables["params"], variables["batch_stats"])
-
-      def call():
-        return evaluate.encode(cfg, model, state, pool, return_relaxed=True)
-
-      out = call()["relaxed"]
-  info["first_call_s"] = time.perf_counter() - t0
-  return call, out, info
-
-
-def torch_worker(spec: dict[str, Any]):
-  import torch
-  import torch_ref
-
-  torch.set_num_threads(int(spec["threads"]))
-  try:
-    torch.set_num_interop_threads(1)
-  except RuntimeError:
-    pass
-  name, size, batch, task, side = spec["backbone"], spec["size"], spec["batch"], spec["task"], spec["side"]
-  cl = side.endswith("_cl")
-  fmt = torch.channels_last if cl else torch.contiguous_format
-  sd = {k: torch.from_numpy(v) for k, v in np.load(spec["weights"]).items()}
-  if task == "encode":
-    model = torch_ref.build_model(name, BITS, NUM_CLASSES)
-  else:
-    model = {"mobilenet_v2": torch_ref.MobileNetV2, "vgg_f": torch_ref.VGGF, "vgg16": torch_ref.VGG16}[name]()
-  model.load_state_dict(sd, strict=True)
-  model.eval()
-  if task == "extract":
-    model = model.features[:18]  # the activation entering features.18, as build_prefix(trainable=features_18)
-  model = model.to(memory_format=fmt)
-  pre = PREPROCESS[name]
-
-  def forward(x):
-    return model(torch_ref.preprocess(x, pre).contiguous(memory_format=fmt))
-
-  if side.startswith("compile"):
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True  # inference: fold BatchNorm into the convs, prepack weights
-    forward = torch.compile(forward)
-  t0 = time.perf_counter()
-  if task == "backbone":
-    images = torch.from_numpy(images_for(batch, size))
-
-    def call():
-      with torch.inference_mode():
-        return forward(images)
-
-    out = call().numpy()
-  else:
-    from ssdh_jax import feature_cache
-    from ssdh_jax.data import pipeline
-
-    cfg = user_config(spec["row"], batch)
-    pool = user_examples(USER_IMAGES)
-    batches = lambda ex: pipeline.eval_batches(ex, cfg, int(cfg.eval.batch_size))
-    if task == "extract":
-
-      def prefix_fn(images):  # NCHW in channels_last memory: permuted back to NHWC it is contiguous
-        with torch.inference_mode():
-          return forward(torch.from_numpy(images)).permute(0, 2, 3, 1).numpy()
-
-      def call():
-        return feature_cache.extract(prefix_fn, pool, batches, progress=False)
-
-      out = call()
-    else:
-
-      def call():
-        codes, relaxed = [], []
-        for b in batches(pool):
-          with torch.inference_mode():
-            h = forward(torch.from_numpy(b["image"]))["codes"].numpy()
-          codes.append(np.packbits(h >= 0.5, axis=1, bitorder="little"))
-          relaxed.append(h)
-        return {"codes": np.concatenate(codes), "relaxed": np.concatenate(relaxed)}
-
-      out = call()["relaxed"]
-  info = {"first_call_s": time.perf_counter() - t0, "torch_threads": torch.get_num_threads()}
-  return call, out, info
-
-
-def worker_main(spec_json: str) -> None:
-  spec = json.loads(spec_json)
-  call, out, info = (jax_worker if spec["framework"] == "jax" else torch_worker)(spec)
-  np.save(spec["check_path"], np.asarray(out, np.float32))
-  for _ in range(int(spec.get("warmup", 1))):
-    call()
-  info["cores"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-  paired.serve(call, info)
-
-
 # ------------------------------------------------------------------------------------------------ parent
-
-
-class Worker(paired.Worker):
-  """paired.Worker that kills its whole process group (torch.compile starts helpers)."""
-
-  def kill(self) -> None:
-    proc = getattr(self, "proc", None)
-    if proc is None or proc.poll() is not None:
-      return
-    try:
-      os.killpg(proc.pid, 9)
-    except (ProcessLookupError, PermissionError):
-      proc.kill()
-    proc.wait()
 
 
 def side_specs(row: str, args, weights_paths, tmp: str, threads: int, cores) -> list[dict[str, Any]]:
@@ -395,7 +175,7 @@ def side_specs(row: str, args, weights_paths, tmp: str, threads: int, cores) -> 
 
 def run_row(row: str, args, weights_paths, tmp: str, threads: int, cores) -> dict[str, Any]:
   specs = side_specs(row, args, weights_paths, tmp, threads, cores)
-  workers: dict[str, Worker] = {}
+  workers: dict[str, harness.Worker] = {}
   result: dict[str, Any] = {"row": row, "sides": {}, "threads": threads}
   per_image = {s["key"]: (1 if s["task"] != "backbone" else s["batch"]) for s in specs}
   try:
@@ -403,8 +183,8 @@ def run_row(row: str, args, weights_paths, tmp: str, threads: int, cores) -> dic
       t = time.perf_counter()
       timeout = args.compile_timeout if s.get("side", "").startswith("compile") else args.timeout
       try:
-        workers[s["key"]] = Worker([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(s)],
-                                   timeout=timeout)  # fmt: skip
+        argv = harness.module_argv("bench.inference_worker", json.dumps(s))
+        workers[s["key"]] = harness.Worker(argv, timeout=timeout)
         info = dict(workers[s["key"]].info)
       except (TimeoutError, RuntimeError) as e:
         info = {"error": f"not ready: {str(e)[:160]}"}
@@ -434,7 +214,7 @@ def run_row(row: str, args, weights_paths, tmp: str, threads: int, cores) -> dic
     if "jax" in workers:
       per_round = 1 if row in HEAVY else args.per_round
       result["per_round"] = per_round
-      times = paired.interleave(workers, args.rounds, per_round=per_round)
+      times = harness.interleave(workers, args.rounds, per_round=per_round)
       imgs = {k: [t / per_image[k] for t in v] for k, v in times.items()}
       for k, v in imgs.items():
         side = result["sides"][k]
@@ -442,8 +222,8 @@ def run_row(row: str, args, weights_paths, tmp: str, threads: int, cores) -> dic
         per_call = result["sides"][k]["spec"]["task"] != "backbone"
         side["images_s"] = (USER_IMAGES if per_call else 1.0) / statistics.median(v)
         if k != "jax":
-          side["ratio"] = paired.ratio_stats(imgs, k, "jax")
-          side["ratio_summary"] = paired.ratio_summary(imgs, k, "jax")
+          side["ratio"] = harness.ratio_stats(imgs, k, "jax")
+          side["ratio_summary"] = harness.ratio_summary(imgs, k, "jax")
       torch_keys = [k for k in imgs if k.startswith("torch")]
       if torch_keys:
         best = min(torch_keys, key=lambda k: statistics.median(imgs[k]))
@@ -531,16 +311,16 @@ def stem_train_compare(size: int, batch: int, rounds: int, threads: int) -> None
   g_old = grads["stem_conv"][1]["features_0"]["conv"]["kernel"]
   rel = float(jnp.max(jnp.abs(g_new - g_old)) / jnp.max(jnp.abs(g_old)))
   sides = {k: (lambda f=f: jax.block_until_ready(f(variables, x))) for k, f in compiled.items()}
-  times = paired.interleave(sides, rounds, per_round=2)
+  times = harness.interleave(sides, rounds, per_round=2)
   print(f"\n## MobileNetV2 train step: RGB stem as shifted multiply-adds vs XLA's convolution ({size} px, batch "
-        f"{batch}, {paired.machine_header(threads)}, jax {jax.__version__})\n")  # fmt: skip
-  print("| t_stem_conv / t_stem_shift median (IQR; min–max), n | stem_shift step ms | stem_conv step ms | "
-        "stem kernel gradient max rel. diff |")  # fmt: skip
-  print("|---|---:|---:|---|")
-  print(f"| {paired.ratio_summary(times, 'stem_conv', 'stem_shift')} | "
+        f"{batch}, {harness.machine_header(threads)}, jax {jax.__version__})\n")  # fmt: skip
+  columns = ("t_stem_conv / t_stem_shift median (IQR; min–max), n", "stem_shift step ms",
+             "stem_conv step ms", "stem kernel gradient max rel. diff")  # fmt: skip
+  print(*harness.md_head(columns, "lrrl"), sep="\n")
+  print(f"| {harness.ratio_summary(times, 'stem_conv', 'stem_shift')} | "
         f"{1e3 * statistics.median(times['stem_shift']):.0f} | {1e3 * statistics.median(times['stem_conv']):.0f} "
         f"| {rel:.1e} |")  # fmt: skip
-  print(f"\n{paired.rounds_note(rounds, _T0)}")
+  print(f"\n{harness.rounds_note(rounds, _T0)}")
 
 
 _T0 = time.perf_counter()
@@ -568,15 +348,11 @@ def main(argv: list[str] | None = None) -> None:
   ap.add_argument("--out", default="", help="also write the Markdown report here")
   ap.add_argument("--json", default="", help="also write the raw results as JSON here")
   ap.add_argument("--stem-train", default="", help="SIZE,BATCH: only the train-step stem comparison")
-  ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
-  if args.worker:
-    worker_main(args.worker)
-    return
   if args.stem_train:
     size, batch = (int(v) for v in args.stem_train.split(","))
     threads = int(args.threads or 1)
-    paired.pin_threads(threads)
+    harness.pin_threads(threads)
     stem_train_compare(size, batch, args.rounds or 8, threads)
     return
   t_start = time.perf_counter()
@@ -600,8 +376,7 @@ def main(argv: list[str] | None = None) -> None:
       args.torch = True
       torch_version = torch.__version__
     except ImportError as e:
-      print(f"!!! bench_inference: torch is not installed ({e}): PyTorch sides SKIPPED, JAX rows only !!!",
-            file=sys.stderr, flush=True)  # fmt: skip
+      harness.peer_missing("PyTorch", e)
       notes.append(f"PyTorch sides skipped: torch not importable ({e}).")
   import jax
 
@@ -610,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
   with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
     prepared: dict[tuple[str, bool], dict[str, str]] = {}
     for threads in threads_list:
-      cores = sorted(os.sched_getaffinity(0))[:threads] if hasattr(os, "sched_getaffinity") else None
+      cores = harness.bound_cores()[:threads] or None
       t_threads = time.perf_counter()
       for row in rows if threads == 1 else rows_multi:
         backbone, size = ROWS[row][:2]
@@ -623,14 +398,14 @@ def main(argv: list[str] | None = None) -> None:
         lines_all += fmt_row(res)
         summaries.append(summary_line(res))
         print("\n".join(fmt_row(res)), file=sys.stderr, flush=True)
-      notes.append(f"{threads} thread(s): " + paired.rounds_note(args.rounds, t_threads))
+      notes.append(f"{threads} thread(s): " + harness.rounds_note(args.rounds, t_threads))
   header = [
     "# Backbone inference on the CPU: JAX (ssdh_jax) vs PyTorch at its best, paired",
     "",
-    f"Output of `.venv/bin/python bench/bench_inference.py {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip()
+    f"Output of `.venv/bin/python -m bench.bench_inference {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip()
     + f" ({time.strftime('%Y-%m-%d', time.gmtime())}).",
     "",
-    f"Machine: {os.cpu_count()} cores ({paired.cpu_model()}), load average at the start "
+    f"Machine: {os.cpu_count()} cores ({harness.cpu_model()}), load average at the start "
     f"{', '.join(f'{v:.1f}' for v in load_start)}; threads per side {','.join(map(str, threads_list))} (rows "
     f"at > 1 thread: {', '.join(rows_multi) or 'none'}). jax {jax.__version__}; torch "
     f"{torch_version if args.torch else 'not installed'}. Every side is its own process bound to the first "
@@ -642,15 +417,13 @@ def main(argv: list[str] | None = None) -> None:
     f"{TOL:g}. Batch = images per call of that side (extract / encode rows: eval batch of the pipeline, "
     f"{USER_IMAGES} images per call, time per call).",
     "",
-    "| row | threads | side | batch | t_side / t_JAX median (IQR; min–max), n | time | images/s | max rel. diff |",
-    "|---|---:|---|---:|---|---:|---:|---|",
+    *harness.md_head(SIDE_COLUMNS, "lrlrlrrl"),
   ]
   summary = [
     "",
     "Summary, JAX against the best PyTorch side of each row (target ≥ 1.0 for mbv2_160, mbv2_224, vgg_f):",
     "",
-    "| row | threads | best PyTorch side | t_best / t_JAX median (IQR; min–max), n | target |",
-    "|---|---:|---|---|---|",
+    *harness.md_head(SUMMARY_COLUMNS, "lrlll"),
     *summaries,
     "",
     "Weights: " + "; ".join(sorted({f"{r['row']}: {r['weights']}" for r in raw})) + ".",
@@ -661,11 +434,9 @@ def main(argv: list[str] | None = None) -> None:
   text = "\n".join(header + lines_all + summary)
   print(text)
   if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
+    harness.write_text(args.out, text + "\n")
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(raw, f, indent=1, default=str)
+    harness.write_text(args.json, json.dumps(raw, indent=1, default=str))
 
 
 if __name__ == "__main__":

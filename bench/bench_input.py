@@ -2,7 +2,7 @@
 
 Reads the shared archive (../shared/data/cifar10-jpeg.tar.xz; --quick unpacks 6,000 of its 60,000 files) into a
 temporary folder once, then runs the whole comparison in one child process per thread count (1, then 2; or
---threads N), each bound to its cores by `paired.pin_threads` before numpy / TensorFlow / JAX are imported.
+--threads N), each bound to its cores by `harness.pin_threads` before numpy / TensorFlow / JAX are imported.
 
 Paired rows (the measurement): uint8 (128, S, S, 3) training batches, random rows per batch, built by
   * ours: `pipeline.train_batch` for consecutive steps, with `data.num_workers = threads` and the thread pool
@@ -34,7 +34,7 @@ end-of-sequence (a training run creates its iterator once; the start of its thre
 pipeline at the first request stay counted); the next column counts the creation too (tens of ms per
 iterator on a loaded machine, in the notes). Ours calls `train_batch` n times on the calling
 thread and its pool, which is idle between calls. Each round times both sides once, in alternating order
-(paired.interleave), --rounds rounds (default 8; --quick 3). Reported: t_tfdata / t_ours per round, median
+(harness.interleave), --rounds rounds (default 8; --quick 3). Reported: t_tfdata / t_ours per round, median
 (IQR; min–max), n: > 1 means ours is faster. Images/s of each side are context only (the machine is shared).
 
 Equivalence (per row): the batch shapes and dtypes are equal, and each tf.data transform (per-example and
@@ -48,9 +48,9 @@ on-device path (host part: gather uint8 rows; end to end: + host->device copy + 
 the default JAX backend). And the input work of one process of a P-process run (`train_batch(..., rows=...)`,
 its 1/P share of every global batch) against the whole global batch: time ratio, paired within this process.
 
-  .venv/bin/python bench/bench_input.py --quick     # 6,000 images, 3 rounds: ~4.5 minutes on 2 busy cores
-  .venv/bin/python bench/bench_input.py             # 60,000 images, 8 rounds, 1 and 2 threads
-  .venv/bin/python bench/bench_input.py --threads 2 # one thread count only
+  .venv/bin/python -m bench.bench_input --quick     # 6,000 images, 3 rounds: ~4.5 minutes on 2 busy cores
+  .venv/bin/python -m bench.bench_input             # 60,000 images, 8 rounds, 1 and 2 threads
+  .venv/bin/python -m bench.bench_input --threads 2 # one thread count only
 """
 
 from __future__ import annotations
@@ -63,12 +63,9 @@ import sys
 import tempfile
 import time
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, BENCH_DIR)
-sys.path.insert(0, os.path.dirname(BENCH_DIR))
-import paired  # noqa: E402  (bench/paired.py)
+from bench import harness
 
-ARCHIVE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg.tar.xz")
+ARCHIVE = os.path.join(harness.ROOT, "..", "shared", "data", "cifar10-jpeg.tar.xz")
 JSON_TAG = "BENCH_INPUT_JSON "
 BATCH = 128
 
@@ -91,21 +88,13 @@ def _unpack(archive: str, dest: str, quick: bool) -> float:
 
 
 def _child_argv(args, threads: int, data_dir: str) -> list[str]:
-  argv = [
-    sys.executable,
-    os.path.abspath(__file__),
-    "--threads",
-    str(threads),
-    "--json",
-    "--data-dir",
-    data_dir,
-  ]
+  argv = harness.module_argv("bench.bench_input", "--threads", str(threads), "--json", "--data-dir", data_dir)
   argv += ["--quick"] * args.quick
   return [*argv, "--rounds", str(args.rounds), "--select-rounds", str(args.select_rounds)]
 
 
 def _print_tables(results: list[dict], argv: list[str], untar_s: float | None) -> None:
-  print(f"Command: `{' '.join(['python', *argv])}`  ")
+  print(f"Command: `{' '.join(['python -m bench.bench_input', *argv[1:]])}`  ")
   first = results[0]
   print(
     f"CIFAR-10, {first['n_images']:,} images (uint8 32x32 in memory / JPEG files), batch {BATCH}; "
@@ -115,20 +104,19 @@ def _print_tables(results: list[dict], argv: list[str], untar_s: float | None) -
   for res in results:
     print(f"\n**{res['threads']} thread(s) per side** — {res['header']}  ")
     print(f"{res['versions']}\n")
-    print(
-      "| task | output | ours images/s (context) | tf.data config (fastest of the tried) | tf.data images/s "
-      "(context) | t_tfdata / t_ours median (IQR; min–max), n | the same, tf.data iterator creation counted "
-      "| same output? |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    columns = ("task", "output", "ours images/s (context)",
+               "tf.data config (fastest of the tried)", "tf.data images/s (context)",
+               "t_tfdata / t_ours median (IQR; min–max), n",
+               "the same, tf.data iterator creation counted", "same output?")  # fmt: skip
+    print(*harness.md_head(columns), sep="\n")
     for r in res["rows"]:
       print(
         f"| {r['task']} | {r['size']}x{r['size']} | {r['ours_ips']:,.0f} | {r['peer']} | {r['peer_ips']:,.0f} "
         f"| {r['ratio']} | {r['ratio_total']} | {r['equal']} |"
       )
     print("\nContext (absolute, not paired):\n")
-    print("| path | output | images/s | notes |")
-    print("|---|---|---|---|")
+    columns = ("path", "output", "images/s", "notes")
+    print(*harness.md_head(columns), sep="\n")
     for name, size, rate, note in res["context"]:
       print(f"| {name} | {size}x{size} | {rate:,.0f} | {note} |")
     print(
@@ -136,8 +124,8 @@ def _print_tables(results: list[dict], argv: list[str], untar_s: float | None) -
       "each process materialises only its rows of every global batch. Ratio = time of one process's share / "
       "time of the whole batch, both built in this process, alternating; ideal 1/P.\n"
     )
-    print("| path | output | P | ratio, median (min–max) | ideal |")
-    print("|---|---|---|---|---|")
+    columns = ("path", "output", "P", "ratio, median (min–max)", "ideal")
+    print(*harness.md_head(columns), sep="\n")
     for name, size, p, med, lo, hi in res["shares"]:
       print(f"| {name} | {size}x{size} | {p} | {med:.3f} ({lo:.3f}–{hi:.3f}) | {1 / p:.3f} |")
     if res["notes"]:
@@ -162,7 +150,7 @@ def _print_tables(results: list[dict], argv: list[str], untar_s: float | None) -
 def _parent(args) -> None:
   with tempfile.TemporaryDirectory(prefix="ssdh_bench_input_") as tmp:
     untar_s = _unpack(args.archive, tmp, args.quick)
-    results = paired.run_thread_counts(lambda threads: _child_argv(args, threads, tmp), JSON_TAG)
+    results = harness.run_thread_counts(lambda threads: _child_argv(args, threads, tmp), JSON_TAG)
   _print_tables(results, sys.argv, untar_s)
 
 
@@ -173,7 +161,7 @@ if __name__ == "__main__":
   if ARGS.threads <= 0:
     _parent(ARGS)
     raise SystemExit(0)
-  CORES = paired.pin_threads(ARGS.threads)  # before numpy / TensorFlow / JAX are imported
+  CORES = harness.pin_threads(ARGS.threads)  # before numpy / TensorFlow / JAX are imported
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import concurrent.futures  # noqa: E402
@@ -465,7 +453,7 @@ def bench_row(ctx, task, splits, source, pool_row, cfg, n_batches, seed):
     assert out.shape == b["image"].shape and out.dtype == b["image"].dtype, (out.shape, out.dtype)
     unit.consumed.clear()
   ours()
-  paired.interleave(units, args.select_rounds)
+  harness.interleave(units, args.select_rounds)
   best = min(units, key=lambda k: _median(units[k].consumed))
   n_img = n_batches * BATCH
   ctx["notes"].append(
@@ -479,8 +467,8 @@ def bench_row(ctx, task, splits, source, pool_row, cfg, n_batches, seed):
     fast = TfUnit(peer.dataset(conf, n_batches, dct=""), n_batches)
     fast()
     unit.consumed.clear()
-    paired.interleave({"accurate": unit, "fast": fast}, args.select_rounds + 1)
-    r = paired.ratio_summary({"a": unit.consumed, "f": fast.consumed}, "f", "a")
+    harness.interleave({"accurate": unit, "fast": fast}, args.select_rounds + 1)
+    r = harness.ratio_summary({"a": unit.consumed, "f": fast.consumed}, "f", "a")
     ctx["notes"].append(
       f"{what}: tf.decode_jpeg's default DCT (dct_method='', i.e. INTEGER_FAST; pixels differ from PIL's by up to "
       f"4) in the winning configuration, time / with INTEGER_ACCURATE (the same pixels as PIL): {r}"
@@ -503,7 +491,7 @@ def bench_row(ctx, task, splits, source, pool_row, cfg, n_batches, seed):
 
   unit.created.clear()
   unit.consumed.clear()
-  times = paired.interleave({"ours": ours, "tfdata_total": unit}, args.rounds)
+  times = harness.interleave({"ours": ours, "tfdata_total": unit}, args.rounds)
   times["tfdata"] = list(unit.consumed)
   ctx["notes"].append(
     f"{what}: creating a tf.data iterator takes {1e3 * _median(unit.created):.1f} ms "
@@ -518,8 +506,8 @@ def bench_row(ctx, task, splits, source, pool_row, cfg, n_batches, seed):
       "ours_ips": n_img / _median(times["ours"]),
       "peer": f"{best}; {n_batches} batches per unit",
       "peer_ips": n_img / _median(times["tfdata"]),
-      "ratio": paired.ratio_summary(times, "tfdata", "ours"),
-      "ratio_total": paired.ratio_summary(times, "tfdata_total", "ours"),
+      "ratio": harness.ratio_summary(times, "tfdata", "ours"),
+      "ratio_total": harness.ratio_summary(times, "tfdata_total", "ours"),
       "equal": f"shapes/dtypes equal; {equal}",
     }
   )
@@ -530,7 +518,7 @@ def bench_row(ctx, task, splits, source, pool_row, cfg, n_batches, seed):
 
 def main(args) -> None:
   threads = args.threads
-  header = paired.machine_header(threads)
+  header = harness.machine_header(threads)
   t0 = time.perf_counter()
   tmp = None
   data_dir = args.data_dir
@@ -597,8 +585,8 @@ def main(args) -> None:
   if tmp is not None:
     tmp.cleanup()
 
-  cpu = paired.cpu_model()
-  ctx["notes"].append(paired.rounds_note(args.rounds, t0))
+  cpu = harness.cpu_model()
+  ctx["notes"].append(harness.rounds_note(args.rounds, t0))
   res = {
     "threads": threads,
     "n_images": len(paths),

@@ -1,15 +1,15 @@
 """SSDH loss + gradient: ssdh_jax (jitted) vs the PyTorch port at its best, paired; and the JAX time split.
 
-    .venv/bin/python bench/bench_loss.py            # N = 128 … 8192; k = 48; 1 thread per side, 8 rounds
-    .venv/bin/python bench/bench_loss.py --quick    # N = 128, 256, 1024; 3 rounds
-    .venv/bin/python bench/bench_loss.py --threads 2
+    .venv/bin/python -m bench.bench_loss            # N = 128 … 8192; k = 48; 1 thread per side, 8 rounds
+    .venv/bin/python -m bench.bench_loss --quick    # N = 128, 256, 1024; 3 rounds
+    .venv/bin/python -m bench.bench_loss --threads 2
 
-Peer: `bench/torch_ref.ssdh_loss`, a vectorised PyTorch port of the same loss (same terms, normalisers and
-sampling rules; `bench_train.sanity_check` replays ssdh_jax's random words through it and gets the same indices
+Peer: `bench/peers/torch_ref.ssdh_loss`, a vectorised PyTorch port of the same loss (same terms, normalisers and
+sampling rules; `bench/peers/loss_check.sanity_check` replays ssdh_jax's random words through it and gets the same indices
 and the same loss and gradients, printed first). Its configurations: eager, and torch.compile (inductor) where it
 compiles within the deadline; the faster is the peer at its best, chosen per N by a short interleaved run. Both
-sides run in this one process with the same thread count (`paired.pin_threads` before numpy / jax / torch are
-imported; torch.set_num_threads), timed in alternating rounds (bench/paired.py): t_PyTorch / t_ssdh_jax per
+sides run in this one process with the same thread count (`harness.pin_threads` before numpy / jax / torch are
+imported; torch.set_num_threads), timed in alternating rounds (bench/harness.py): t_PyTorch / t_ssdh_jax per
 round, median (IQR; min–max) — > 1 means ssdh_jax is faster. Each side computes the loss and its gradient with
 respect to the model outputs (codes, class logits) of a random batch of N rows, half labeled.
 
@@ -24,12 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import paired
+from bench import harness
 
 _ARGS = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 _ARGS.add_argument("--quick", action="store_true", help="N up to 1024 and 3 rounds (< 3 min on CPU)")
@@ -50,7 +47,7 @@ _ARGS.add_argument(
 
 if __name__ == "__main__":
   ARGS = _ARGS.parse_args()
-  CORES = paired.pin_threads(ARGS.threads)  # before numpy / jax / torch are imported
+  CORES = harness.pin_threads(ARGS.threads)  # before numpy / jax / torch are imported
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -143,7 +140,8 @@ def torch_sides(
   """{label: one loss + backward call} of the PyTorch port on the same random batch, and notes on what did
   not run. torch.compile gets `deadline` seconds for its first call (compilation), else it is left out."""
   import torch
-  import torch_ref
+
+  from bench.peers import torch_ref
 
   torch.set_num_threads(threads)
   outputs, labels, labeled = make_inputs(n, k, num_classes, seed=seed)
@@ -160,23 +158,16 @@ def torch_sides(
   notes = []
   if compile_:
     compiled = torch.compile(loss_grad, dynamic=False)  # specialised to this N, as jax.jit is
-    done, err = threading.Event(), []
-
-    def first_call():
-      try:
-        compiled({"codes": codes, "class_logits": logits})
-      except Exception as e:  # a graph that inductor cannot take is a finding, not a crash
-        err.append(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
-      done.set()
-
-    t0 = time.perf_counter()
-    threading.Thread(target=first_call, daemon=True).start()
-    if not done.wait(deadline):
+    # a graph that inductor cannot take (or takes too long over) is a finding, not a crash
+    why, secs = harness.call_with_deadline(
+      lambda: compiled({"codes": codes, "class_logits": logits}), deadline
+    )
+    if why.startswith("did not finish"):
       notes.append(f"N={n}: torch.compile did not finish its first call in {deadline:.0f} s; left out")
-    elif err:
-      notes.append(f"N={n}: torch.compile failed ({err[0]}); left out")
+    elif why:
+      notes.append(f"N={n}: torch.compile {why}; left out")
     else:
-      notes.append(f"N={n}: torch.compile first call (compilation) {time.perf_counter() - t0:.1f} s")
+      notes.append(f"N={n}: torch.compile first call (compilation) {secs:.1f} s")
       sides["compile"] = lambda: compiled({"codes": codes, "class_logits": logits})
   return sides, notes
 
@@ -202,26 +193,28 @@ def main() -> None:
   cfg.name = args.loss
   num_classes = 10
   dev = jax.devices()[0]
-  print(f"Command: `python bench/bench_loss.py {' '.join(sys.argv[1:])}`  ")
-  print(f"{paired.machine_header(args.threads)}; cores {CORES}  ")
+  print(f"Command: `python -m bench.bench_loss {' '.join(sys.argv[1:])}`  ")
+  print(f"{harness.machine_header(args.threads)}; cores {CORES}  ")
   print(f"JAX {jax.__version__} ({dev.platform}); loss: {cfg.name} ({cfg.variant}), k = {args.k}, "
         f"labeled fraction 0.5, {num_classes} classes\n")  # fmt: skip
   peer = cfg.name == "ssdh"
   if peer:
     try:
       import torch
-      from bench_train import sanity_check
+
+      from bench.peers.loss_check import sanity_check
 
       print(f"PyTorch {torch.__version__}, {args.threads} thread(s). Numeric check: {sanity_check(cfg)}\n")
     except ImportError as e:
       peer = False
+      harness.peer_missing("PyTorch", e)
       print(f"No PyTorch peer ({e}).\n")
   if peer:
     print(f"**t_PyTorch / t_ssdh_jax, loss + gradient w.r.t. the outputs** ({rounds} paired rounds per N; "
           "the PyTorch configuration is the faster of those listed, chosen per N by 2 interleaved rounds)\n")  # fmt: skip
-    print("| N | peer at its best | ssdh_jax ms (context) | peer ms (context) | t_peer / t_ssdh_jax median (IQR; "
-          "min–max), n | other peer configs |")  # fmt: skip
-    print("|---:|---|---:|---:|---|---|")
+    columns = ("N", "peer at its best", "ssdh_jax ms (context)", "peer ms (context)",
+               "t_peer / t_ssdh_jax median (IQR; min–max), n", "other peer configs")  # fmt: skip
+    print(*harness.md_head(columns, "rlrrll"), sep="\n")
     notes = []
     for n in sizes:
       if n > args.peer_max_n:
@@ -236,26 +229,24 @@ def main() -> None:
         fn()
       jx = jax_side(n, args.k, cfg, num_classes)
       if len(sides) > 1:
-        pick = paired.interleave(sides, 2, per_round=per_round)
+        pick = harness.interleave(sides, 2, per_round=per_round)
         best = min(pick, key=lambda name: float(np.median(pick[name])))
       else:
         best = "eager"
-      times = paired.interleave({"ssdh_jax": jx, best: sides[best]}, rounds, per_round=per_round)
+      times = harness.interleave({"ssdh_jax": jx, best: sides[best]}, rounds, per_round=per_round)
       others = ", ".join(
         f"{name} {1e3 * float(np.median(pick[name])):.1f} ms" for name in sides if name != best
       )
       print(f"| {n} | torch_ref {best} | {1e3 * float(np.median(times['ssdh_jax'])):.1f} | "
-            f"{1e3 * float(np.median(times[best])):.1f} | {paired.ratio_summary(times, best, 'ssdh_jax')} | "
+            f"{1e3 * float(np.median(times[best])):.1f} | {harness.ratio_summary(times, best, 'ssdh_jax')} | "
             f"{others if len(sides) > 1 else 'eager only'} |", flush=True)  # fmt: skip
     for note in notes:
       print(f"- {note}")
     print()
   print("**ssdh_jax time split** (context, absolute: medians of repeated calls)\n")
-  print(
-    "| N | k | compile + first run (s) | loss + grad (ms) | selection only (ms) | graph (ms) | other draws (ms) "
-    "| terms + grad (ms) | per anchor (µs) |"
-  )
-  print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+  columns = ("N", "k", "compile + first run (s)", "loss + grad (ms)", "selection only (ms)",
+             "graph (ms)", "other draws (ms)", "terms + grad (ms)", "per anchor (µs)")  # fmt: skip
+  print(*harness.md_head(columns, "rrrrrrrrr"), sep="\n")
   for n in sizes:
     reps = (3 if n >= 4096 else 5) if args.quick else (3 if n >= 4096 else 20)
     r = time_loss(n, args.k, reps=reps, loss_cfg=cfg, selection_only=True)

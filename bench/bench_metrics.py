@@ -5,7 +5,7 @@ Tasks (random codes and labels; the timings do not depend on code quality):
   * mAP@5000 at NUS-WIDE scale: 2,100 queries x 193,734 database items, 48 bits, 21 multi-hot labels.
   * mAP@all at CIFAR-10 scale: 1,000 queries x 54,000 items, 48 bits, 10 classes.
   * top-100 Hamming search over 1M (1,000 queries) and 10M (100 queries) database codes, 48 bits.
-Sides, timed alternately within each round (bench/paired.py; >= 8 rounds, median and spread of the ratio):
+Sides, timed alternately within each round (bench/harness.py; >= 8 rounds, median and spread of the ratio):
   * ssdh_jax as shipped: `metrics.mean_average_precision` / `index.knn` with backend='auto' (FAISS for mAP@R
     where it is installed and faster, JAX otherwise; the row says which), and for mAP@R the JAX path alone
     (backend='jax'). Warm calls; the first call (compilation) is reported apart.
@@ -16,14 +16,14 @@ Sides, timed alternately within each round (bench/paired.py; >= 8 rounds, median
     bit-packed labels, float64 sums).
   * optional (`--numpy`): the per-query evaluator of DeepHash-pytorch (`CalcTopMap`: +-1 codes, Hamming via a
     dot product, np.argsort, cumulative precision), reproduced verbatim, on a subset of the queries (slow).
-Every side gets the same threads (`paired.pin_threads` before any import: XLA, OpenMP, BLAS) and cores. By
+Every side gets the same threads (`harness.pin_threads` before any import: XLA, OpenMP, BLAS) and cores. By
 default the whole bench runs twice, in one process per thread count: 1 thread, then 2 (FAISS through
 faiss.omp_set_num_threads, XLA through its intra-op pool). Correctness: the mAP of every side and of a stable
 NumPy reference (50 queries) agree to 1e-5 (asserted), search distances and ids equal the FAISS ones.
 
-  python bench/bench_metrics.py --quick        # smaller sizes, 3 rounds: ~3 minutes on 2 busy cores
-  python bench/bench_metrics.py                # full sizes, 8 rounds, 1 and 2 threads (~20+ minutes)
-  python bench/bench_metrics.py --threads 1    # one thread count only
+  python -m bench.bench_metrics --quick        # smaller sizes, 3 rounds: ~3 minutes on 2 busy cores
+  python -m bench.bench_metrics                # full sizes, 8 rounds, 1 and 2 threads (~20+ minutes)
+  python -m bench.bench_metrics --threads 1    # one thread count only
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import paired
+from bench import harness
 
 _ARGS = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 _ARGS.add_argument("--quick", action="store_true", help="smaller sizes and 3 rounds")
@@ -52,20 +50,20 @@ JSON_TAG = "BENCH_METRICS_JSON "
 
 
 def _child_argv(args, threads: int) -> list[str]:
-  argv = [sys.executable, os.path.abspath(__file__), "--threads", str(threads), "--json"]
+  argv = harness.module_argv("bench.bench_metrics", "--threads", str(threads), "--json")
   argv += ["--quick"] * args.quick + ["--numpy"] * args.numpy
   argv += ["--rounds", str(args.rounds), "--select-rounds", str(args.select_rounds), "--seed", str(args.seed)]
   return argv
 
 
 def _print_tables(results: list[dict], argv: list[str]) -> None:
-  print(f"Command: `{' '.join(['python', *argv])}`  ")
+  print(f"Command: `{' '.join(['python -m bench.bench_metrics', *argv[1:]])}`  ")
   for res in results:
     print(f"\n**{res['threads']} thread(s) per side** — {res['header']}  ")
     print(f"{res['versions']}\n")
-    print("| task | ssdh_jax s (context) | peer config | peer s (context) | t_peer / t_ssdh median (IQR; min–max), n "
-          "| results equal? |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    columns = ("task", "ssdh_jax s (context)", "peer config", "peer s (context)",
+               "t_peer / t_ssdh median (IQR; min–max), n", "results equal?")  # fmt: skip
+    print(*harness.md_head(columns), sep="\n")
     for r in res["rows"]:
       print(f"| {r['task']} | {r['ssdh']}: {r['ssdh_s']:.3f} | {r['peer']} | {r['peer_s']:.3f} | {r['ratio']} "
             f"| {r['equal']} |")  # fmt: skip
@@ -76,7 +74,7 @@ def _print_tables(results: list[dict], argv: list[str]) -> None:
 
 
 def _parent(args) -> None:
-  results = paired.run_thread_counts(lambda threads: _child_argv(args, threads), JSON_TAG)
+  results = harness.run_thread_counts(lambda threads: _child_argv(args, threads), JSON_TAG)
   _print_tables(results, sys.argv)
 
 
@@ -87,7 +85,7 @@ if __name__ == "__main__":
   if ARGS.threads <= 0:
     _parent(ARGS)
     raise SystemExit(0)
-  CORES = paired.pin_threads(ARGS.threads)  # before numpy / jax / faiss are imported
+  CORES = harness.pin_threads(ARGS.threads)  # before numpy / jax / faiss are imported
   os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
@@ -174,7 +172,8 @@ def faiss_module():
     import faiss
 
     return faiss
-  except ImportError:
+  except ImportError as e:
+    harness.peer_missing("FAISS", e)
     return None
 
 
@@ -234,10 +233,10 @@ FAISS_CONFIGS = ((True, 32), (False, 8), (False, 32), (False, 64))
 def choose_faiss_config(peer, k, q, rounds, notes, what):
   """Times FAISS's k-NN in every FAISS_CONFIGS entry in interleaved rounds on the queries `q`; returns the
   fastest and a description naming the best use_heap=True and use_heap=False ones."""
-  times = paired.interleave({c: (lambda c=c: peer.search(k, c, q)) for c in FAISS_CONFIGS}, rounds)
+  times = harness.interleave({c: (lambda c=c: peer.search(k, c, q)) for c in FAISS_CONFIGS}, rounds)
   best = min(FAISS_CONFIGS, key=lambda c: median(times[c]))
   other = min((c for c in FAISS_CONFIGS if c[0] != best[0]), key=lambda c: median(times[c]))
-  slower = paired.ratio_stats(times, other, best)["median"]
+  slower = harness.ratio_stats(times, other, best)["median"]
   batch = peer.configure(k, best)
   desc = f"use_heap={best[0]}, query batch {batch} (best use_heap={other[0]}: {slower:.2f}x slower)"
   timings = ", ".join(f"use_heap={c[0]}/batch {c[1]} {median(times[c]):.3f} s" for c in FAISS_CONFIGS)
@@ -295,7 +294,7 @@ def bench_map(ctx, n_q, n_db, R, single_label=False):
     peer_names["faiss"] = f"FAISS IndexBinaryFlat, 64-bit codes, k={k}, {desc}; + NumPy AP"
     results["faiss"] = peer_sides["faiss"]()
   all_sides = {**sides, **peer_sides}
-  times = paired.interleave(all_sides, args.rounds)
+  times = harness.interleave(all_sides, args.rounds)
   for p in peer_sides:
     for s in sides:
       delta = abs(results[p] - results[s])
@@ -307,7 +306,7 @@ def bench_map(ctx, n_q, n_db, R, single_label=False):
           "ssdh_s": median(times[s]),
           "peer": peer_names[p],
           "peer_s": median(times[p]),
-          "ratio": paired.ratio_summary(times, p, s),
+          "ratio": harness.ratio_summary(times, p, s),
           "equal": f"mAP {results[s]:.6f} vs {results[p]:.6f} (|Δ| {delta:.0e}); AP vs stable NumPy "
           f"reference, {n_chk} queries: max |Δ| {err_ref:.0e}",
         }
@@ -321,7 +320,7 @@ def bench_map(ctx, n_q, n_db, R, single_label=False):
     warm(ours)
     zoo = lambda: CalcTopMap(rb, qb, dl, ql[:n_np], k)
     m_zoo = zoo()
-    t = paired.interleave({"auto": ours, "numpy": zoo}, args.rounds)
+    t = harness.interleave({"auto": ours, "numpy": zoo}, args.rounds)
     rows.append(
       {
         "task": task.replace(f"{n_q:,} x", f"{n_np:,} x"),
@@ -329,7 +328,7 @@ def bench_map(ctx, n_q, n_db, R, single_label=False):
         "ssdh_s": median(t["auto"]),
         "peer": "NumPy CalcTopMap (DeepHash-pytorch; unstable argsort)",
         "peer_s": median(t["numpy"]),
-        "ratio": paired.ratio_summary(t, "numpy", "auto"),
+        "ratio": harness.ratio_summary(t, "numpy", "auto"),
         "equal": f"mAP {ours():.6f} vs {m_zoo:.6f} (ties ordered by np.argsort's quicksort)",
       }
     )
@@ -352,7 +351,7 @@ def bench_search(ctx, n_db, n_q, k=100):
     config, desc = choose_faiss_config(peer, k, peer.q[:200], args.select_rounds, notes, task)
     f_dist, f_pos = peer.search(k, config)
     same = f"distances equal: {np.array_equal(f_dist, dist)}, ids equal: {np.array_equal(f_pos, pos)}"
-    times = paired.interleave({"ssdh": ours, "faiss": lambda: peer.search(k, config)}, args.rounds)
+    times = harness.interleave({"ssdh": ours, "faiss": lambda: peer.search(k, config)}, args.rounds)
     rows.append(
       {
         "task": task,
@@ -360,7 +359,7 @@ def bench_search(ctx, n_db, n_q, k=100):
         "ssdh_s": median(times["ssdh"]),
         "peer": f"FAISS IndexBinaryFlat, 64-bit codes, {desc}",
         "peer_s": median(times["faiss"]),
-        "ratio": paired.ratio_summary(times, "faiss", "ssdh"),
+        "ratio": harness.ratio_summary(times, "faiss", "ssdh"),
         "equal": same,
       }
     )
@@ -371,7 +370,7 @@ def bench_search(ctx, n_db, n_q, k=100):
     warm(sub)
     nn = numpy_search(qb, rb, k)
     d_np = CalcHammingDist(qb, rb)[np.arange(n_np)[:, None], nn]
-    t = paired.interleave({"ssdh": sub, "numpy": lambda: numpy_search(qb, rb, k)}, args.rounds)
+    t = harness.interleave({"ssdh": sub, "numpy": lambda: numpy_search(qb, rb, k)}, args.rounds)
     rows.append(
       {
         "task": task.replace(f"{n_q:,} queries", f"{n_np:,} queries"),
@@ -379,7 +378,7 @@ def bench_search(ctx, n_db, n_q, k=100):
         "ssdh_s": median(t["ssdh"]),
         "peer": "NumPy ±1 dot + argsort per query",
         "peer_s": median(t["numpy"]),
-        "ratio": paired.ratio_summary(t, "numpy", "ssdh"),
+        "ratio": harness.ratio_summary(t, "numpy", "ssdh"),
         "equal": f"distances equal: {np.array_equal(d_np.astype(np.int32), dist[:n_np])}",
       }
     )
@@ -391,15 +390,15 @@ def main(args) -> None:
   if faiss is not None:
     faiss.omp_set_num_threads(args.threads)
   ctx = {"args": args, "faiss": faiss, "rng": np.random.default_rng(args.seed), "rows": [], "notes": []}
-  header = paired.machine_header(args.threads)
+  header = harness.machine_header(args.threads)
   t0 = time.perf_counter()
   bench_map(ctx, 210 if args.quick else 2100, 193_734, 5000)
   bench_map(ctx, 200 if args.quick else 1000, 54_000, 0, single_label=True)
   bench_search(ctx, 1_000_000, 100 if args.quick else 1000)
   if not args.quick:
     bench_search(ctx, 10_000_000, 100)
-  cpu = paired.cpu_model()
-  ctx["notes"].append(paired.rounds_note(args.rounds, t0))
+  cpu = harness.cpu_model()
+  ctx["notes"].append(harness.rounds_note(args.rounds, t0))
   res = {
     "threads": args.threads,
     "header": f"{header}; process bound to cores {CORES}",

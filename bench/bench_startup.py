@@ -1,25 +1,20 @@
 """Start-up compile of the model initialiser: XLA's default backend optimisation vs the options
-`models.init_variables` uses (`models.INIT_COMPILER_OPTIONS`: no backend optimisation), paired.
+`models.init_variables` uses (`models.INIT_COMPILER_OPTIONS`: no backend optimisation), harness.
 
 The initialiser runs once per start, so its compile time is pure start-up cost. Each round traces, lowers and compiles the
 initialiser once with each setting (alternating which goes first; in-memory caches cleared, no
 persistent cache), and reports the time ratio default / ours per backbone, plus the largest difference
 between the parameters the two programs draw (a few float32 ulps at most).
 
-  .venv/bin/python bench/bench_startup.py [--quick] [--backbones small_cnn,mobilenet_v2] [--rounds N]
+  .venv/bin/python -m bench.bench_startup [--quick] [--backbones small_cnn,mobilenet_v2] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(BENCH_DIR))
-sys.path.insert(0, BENCH_DIR)
-
-import paired  # noqa: E402
+from bench import harness
 
 
 def main() -> None:
@@ -29,16 +24,15 @@ def main() -> None:
   ap.add_argument("--rounds", type=int, default=8)
   ap.add_argument("--threads", type=int, default=1)
   args = ap.parse_args()
-  paired.pin_threads(args.threads)
+  harness.pin_threads(args.threads)
   os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
   names = ["small_cnn"] if args.quick else args.backbones.split(",")
   rounds = 3 if args.quick else args.rounds
-  print(f"\nInitialiser compile, {paired.machine_header(args.threads)}\n")
-  print(
-    "| backbone | input | default compile s (median) | ours s (median) | t_default / t_ours | max param diff |"
-  )
-  print("|---|---|---|---|---|---|")
+  print(f"\nInitialiser compile, {harness.machine_header(args.threads)}\n")
+  columns = ("backbone", "input", "default compile s (median)", "ours s (median)",
+             "t_default / t_ours", "max param diff")  # fmt: skip
+  print(*harness.md_head(columns), sep="\n")
   for name in names:
     _measure(name, rounds)
 
@@ -68,7 +62,7 @@ def _measure(name: str, rounds: int) -> None:
 
     return run
 
-  times = paired.interleave(
+  times = harness.interleave(
     {"default": compile_with("default", None), "ours": compile_with("ours", models.INIT_COMPILER_OPTIONS)},
     rounds,
   )
@@ -79,7 +73,7 @@ def _measure(name: str, rounds: int) -> None:
   )
   med = {k: float(np.median(v)) for k, v in times.items()}
   print(f"| {name} | {size} px | {med['default']:.2f} | {med['ours']:.2f} | "
-        f"{paired.ratio_summary(times, 'default', 'ours')} | {diff:.1e} |")  # fmt: skip
+        f"{harness.ratio_summary(times, 'default', 'ours')} | {diff:.1e} |")  # fmt: skip
 
 
 if __name__ == "__main__":

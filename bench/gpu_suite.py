@@ -8,16 +8,16 @@ skipped, with the reason; one that breaks, as failed):
            stable-argsort evaluator on the first 20 queries.
   train    the SSDH train step of VGG-F, VGG-16 and MobileNetV2 (bf16 compute, batch 128, 224-px crops + flips
            made on the device from 256-px uint8 images) against PyTorch eager bf16 autocast (channels_last and
-           contiguous) and torch.compile (channels_last), paired and interleaved: bench/bench_train.py's
-           persistent workers (bench/paired.py), all started and warmed up first, then timed in alternating
-           rounds per backbone.
+           contiguous) and torch.compile (channels_last), paired and interleaved: bench_train's persistent
+           workers (bench/train_sides.py, bench/harness.py), all started and warmed up first, then timed in
+           alternating rounds per backbone.
   quality  a short SSDH run of MobileNetV2 (`train_lib.train_and_evaluate`, configs/cifar10_mobilenet_v2.py,
            a few hundred steps) on CIFAR-10 when the archive is there (../shared/data, shared/data or
            .carry/data), else on the digits data (scikit-learn, or .carry/data/digits.npz); ImageNet weights when
            carried (.carry/weights/mobilenet_v2-*.pth or the installed weight package), else from scratch.
 
   bash bench/gpu_suite.sh [--dry-run] [--out DIR] [--budget-s 480] [--only metric,train,quality]
-  python bench/gpu_suite.py ...                       (the same, without the wheel installation step)
+  python -m bench.gpu_suite ...                       (the same, without the wheel installation step)
 
 --dry-run: the whole suite on CPU at tiny sizes in about 2 minutes, every code path: small_cnn stands in for
 the three networks (batch 4, 16-px crops of 20-px images, bf16), 4 rounds, torch.compile with the aot_eager
@@ -47,12 +47,10 @@ import time
 import traceback
 from typing import Any
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCH_DIR)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, BENCH_DIR)
+from bench import harness
+from bench.harness import ROOT
 
-import paired  # noqa: E402  (bench/paired.py)
+BENCH_DIR = os.path.join(ROOT, "bench")
 
 SECTIONS = ("metric", "train", "quality")
 ARCHIVE_NAME = "cifar10-jpeg.tar.xz"
@@ -418,22 +416,26 @@ def section_train(p: dict[str, Any], gpu: bool, deadline: float) -> dict[str, An
       "status": "skipped",
       "reason": "ml_collections is not installed (the configs need it): carry its wheel",
     }
-  import bench_train as bt
+  from bench import train_report, train_sides
+  from bench.peers import loss_check
+  from bench.train_setup import torch_loss_cfg
 
   notes: list[str] = []
-  torch_dev, torch_ver = bt.torch_device(gpu, notes)
-  threads = int(p.get("threads") or bt.default_threads(gpu))
-  loss_cfg = bt.torch_loss_cfg() if torch_dev else None
+  torch_dev, torch_ver = train_sides.torch_device(gpu, notes)
+  threads = int(p.get("threads") or harness.default_threads(gpu))
+  loss_cfg = torch_loss_cfg() if torch_dev else None
   if torch_dev:  # the two losses agree before their speeds are compared (on the CPU, in this process)
     from configs.default import get_config
 
     try:
-      notes.append("Numeric sanity, JAX loss vs torch_ref loss: " + bt.sanity_check(get_config().loss))
+      notes.append(
+        "Numeric sanity, JAX loss vs torch_ref loss: " + loss_check.sanity_check(get_config().loss)
+      )
     except Exception as e:
       notes.append(f"Numeric sanity not run: {type(e).__name__}: {str(e)[:200]}")
-  cores, warm_cores = bt.core_plan(threads, bool(p["parallel_warmup"]))
+  cores, warm_cores = train_sides.core_plan(threads, bool(p["parallel_warmup"]))
   groups = [
-    bt.build_group(
+    train_sides.build_group(
       name,
       p["dtype"],
       int(p["batch"]),
@@ -454,17 +456,17 @@ def section_train(p: dict[str, Any], gpu: bool, deadline: float) -> dict[str, An
     )
     for name in p["backbones"]
   ]
-  results = bt.run_groups(
+  results = train_sides.run_groups(
     groups,
     int(p["rounds"]),
     int(p["per_round"]),
-    bt.worker_env(gpu),
+    train_sides.worker_env(gpu),
     parallel_warmup=bool(p["parallel_warmup"]),
     warm_all_first=bool(p["warm_all_first"]),
     deadline=deadline - float(p.get("timing_reserve_s", 0.0)),
   )
   kind = next((r.get("device_kind") for g in results for r in g["rows"] if r["framework"] == "jax"), "") or ""
-  bt.derive(results, kind if gpu else "", None)
+  train_report.derive(results, kind if gpu else "", None)
   failed = [
     f"{g['backbone']} {r['label']}: {r['error']}"
     for g in results
@@ -480,7 +482,7 @@ def section_train(p: dict[str, Any], gpu: bool, deadline: float) -> dict[str, An
     "status": "failed" if failed else "ok",
     "reason": "; ".join(failed),
     "threads": threads,
-    "header": paired.machine_header(threads),
+    "header": harness.machine_header(threads),
     "torch": torch_ver,
     "groups": results,
     "notes": notes,
@@ -538,7 +540,7 @@ def markdown(report: dict[str, Any]) -> str:
     if t.get("status") == "skipped" or "groups" not in t:
       lines.append(f"{t.get('status')}: {t.get('reason', '')}")
     else:
-      import bench_train as bt
+      from bench import train_report
 
       s = t["settings"]
       lines += [
@@ -548,7 +550,7 @@ def markdown(report: dict[str, Any]) -> str:
         + (f" ({t['reason']})" if t.get("reason") else "")
         + ".",
         "",
-        *bt.markdown_tables(t["groups"], t["header"]),
+        *train_report.markdown_tables(t["groups"], t["header"]),
         "",
         "t_side / t_JAX > 1: JAX is faster. Step times and images/s are context only.",
         *[f"- {n}" for n in t.get("notes", [])],
@@ -572,15 +574,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def write(report: dict[str, Any], out: str) -> None:
-  os.makedirs(out, exist_ok=True)
-  for name, text in (
-    ("gpu_suite.json", json.dumps(report, indent=1, default=str)),
-    ("gpu_suite.md", markdown(report)),
-  ):
-    tmp = os.path.join(out, name + ".tmp")
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, os.path.join(out, name))
+  harness.write_text(os.path.join(out, "gpu_suite.json"), json.dumps(report, indent=1, default=str))
+  harness.write_text(os.path.join(out, "gpu_suite.md"), markdown(report))
 
 
 class SectionProcess:
@@ -589,10 +584,10 @@ class SectionProcess:
   def __init__(self, name: str, params: dict[str, Any], env: dict[str, str] | None = None):
     fd, self.path = tempfile.mkstemp(suffix=f".{name}.json")
     os.close(fd)
-    cmd = [sys.executable, os.path.abspath(__file__), "--section", name, "--params", json.dumps(params)]
+    cmd = harness.module_argv("bench.gpu_suite", "--section", name, "--params", json.dumps(params))
     self.t0 = time.perf_counter()
     self.proc = subprocess.Popen(
-      [*cmd, "--result", self.path], stdout=sys.stderr, start_new_session=True, env=env
+      [*cmd, "--result", self.path], stdout=sys.stderr, start_new_session=True, env=env, cwd=ROOT
     )
 
   def kill(self) -> None:
@@ -680,9 +675,9 @@ def main(argv: list[str] | None = None) -> int:
   if args.install_log and os.path.exists(args.install_log):
     install = open(args.install_log).read().strip()
   report: dict[str, Any] = {
-    "suite": "bench/gpu_suite.py",
+    "suite": "bench.gpu_suite",
     "dry_run": args.dry_run,
-    "command": " ".join(["bench/gpu_suite.py", *(argv if argv is not None else sys.argv[1:])]),
+    "command": " ".join(["python -m bench.gpu_suite", *(argv if argv is not None else sys.argv[1:])]),
     "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "budget_s": P["budget_s"],
     "settings": P,
@@ -691,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
       "platform": platform.platform(),
       "devices": devices,
       "backend": jax.default_backend(),
-      "machine": paired.machine_header(threads),
+      "machine": harness.machine_header(threads),
       "versions": versions(),
       "missing": [m for m in ("ml_collections", "tqdm", "torch", "matplotlib", "sklearn") if not have(m)],
     },

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU suite in one command: installs what the accelerator image lacks from carried wheels, then runs
-# bench/gpu_suite.py (see its docstring for the sections and the output).
+# python -m bench.gpu_suite (bench/gpu_suite.py; see its docstring for the sections and the output).
 #
 #   bash bench/gpu_suite.sh --prepare        # where pip reaches an index: fill .carry/ (wheels, weights, data)
 #   bash bench/gpu_suite.sh [--dry-run] [--out DIR] [--budget-s 480] [--only metric,train,quality] ...
@@ -75,7 +75,7 @@ for mod in absl yaml; do # ml_collections' own dependencies (flax / orbax bring 
   "$PY" -c "import $mod" 2>/dev/null || echo "$mod: MISSING (ml_collections needs it)" >>"$LOG"
 done
 cat "$LOG" >&2
-"$PY" bench/gpu_suite.py --install-log "$LOG" "$@"
+"$PY" -m bench.gpu_suite --install-log "$LOG" "$@"
 rc=$?
 rm -f "$LOG"
 exit $rc

@@ -9,7 +9,7 @@ The per-device step body runs under either wrapper:
   pmap       jax.pmap over the devices; state carries a leading device axis.
   shard_map  jax.jit(jax.shard_map(...)) over a one-axis Mesh; state is replicated (P()).
 Both run the same body with the same named axis and the same collectives. Default: pmap, the wrapper the
-design names, because the measurement does not favour either: `bench/bench_train.py --wrappers` (small_cnn,
+design names, because the measurement does not favour either: `python -m bench.bench_wrappers` (small_cnn,
 batch 32, 1 CPU device, 16 alternating rounds on a loaded 2-core machine) gave t(shard_map)/t(pmap) = 1.06,
 spread 0.47–1.67, and equal compile times (36 s each). pmap has been in maintenance since JAX 0.8; should the
 two part ways, shard_map is one config value away (train.parallel).

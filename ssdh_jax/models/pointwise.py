@@ -2,7 +2,7 @@
 
 A 1×1 convolution is a matmul over the channels. XLA:CPU lowers its weight gradient as a convolution whose
 window is the whole image, after transposing both operands, and runs that several times slower than the
-matmul x^T·g over the B·H·W rows (bench/bench_conv_grads.py: MobileNetV2's expand 1×1 weight gradient 14×
+matmul x^T·g over the B·H·W rows (bench/results/conv_grads_cpu.md: MobileNetV2's expand 1×1 weight gradient 14×
 faster as a matmul; the whole network's forward + backward 1.36×). Written as a dot, all three products
 (forward, input and weight gradient) are matmuls. On GPU/TPU the convolution is as fast, hence `auto`.
 

@@ -1,4 +1,4 @@
-"""Paired, interleaved timing: the measurement every bench/ comparison uses.
+"""The measurement every bench/ comparison shares: paired, interleaved rounds on pinned threads.
 
 On a shared machine an absolute time says little: load comes and goes within seconds. So A and B are timed
 in alternating rounds (A B, then B A, ...), each round's ratio t_B / t_A is taken, and the median ratio and
@@ -7,12 +7,17 @@ count (`pin_threads`, set before numpy / jax / torch / faiss are imported) and, 
 
 Two ways to pair:
   * in one process — `interleave({"a": fn_a, "b": fn_b}, rounds)`, each fn one timed unit of work;
-  * across processes — `Worker` wraps a subprocess that answers "run N" with N timings (the JAX and PyTorch
-    train steps, which must not share an allocator or a thread pool); `interleave` takes workers as well.
+  * across processes — `Worker` wraps a subprocess (`python -m bench.<module> ...`, its own process group)
+    that answers "run N" with N timings (`serve` is its side); `interleave` takes workers as well. A worker
+    not ready by its deadline is killed with its children.
 
-  from paired import interleave, ratio_summary, machine_header
-  times = interleave({"jax": f, "faiss": g}, rounds=8)
-  print(ratio_summary(times, "faiss", "jax"))   # t_faiss / t_jax: median (IQR q1–q3; min–max), n
+Around that: the machine header and closing note of a table, one child process per thread count
+(`run_thread_counts`), a deadline for one call (`call_with_deadline`), Markdown table lines, and the loud
+line a comparison prints when its peer library is missing (`peer_missing`).
+
+  from bench import harness
+  times = harness.interleave({"jax": f, "faiss": g}, rounds=8)
+  print(harness.ratio_summary(times, "faiss", "jax"))   # t_faiss / t_jax: median (IQR q1–q3; min–max), n
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,9 +34,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 READY = "PAIRED_READY"
 RESULT = "PAIRED_RESULT "
+PEER_INSTALL = {"PyTorch": "make bench-peers", "FAISS": "make bench-peers"}
+
+# ------------------------------------------------------------------------------------------------ threads
 
 
 def pin_threads(threads: int, cores: Sequence[int] | None = None) -> list[int]:
@@ -54,11 +64,44 @@ def pin_threads(threads: int, cores: Sequence[int] | None = None) -> list[int]:
   return chosen
 
 
+def pin_all_threads(cores: Sequence[int]) -> bool:
+  """Binds every thread of this process (the thread pools XLA and PyTorch started too) to `cores`; a new
+  thread inherits its creator's binding, so sched_setaffinity on the main thread alone would not do it."""
+  ok = True
+  for tid in os.listdir("/proc/self/task"):
+    try:
+      os.sched_setaffinity(int(tid), set(cores))
+    except OSError:  # the thread ended meanwhile
+      ok = False
+  return ok
+
+
+def likely_gpu() -> bool:
+  """Before JAX is imported: is a CUDA device likely what JAX will use? (Only picks default thread counts.)"""
+  return "cpu" not in os.environ.get("JAX_PLATFORMS", "").lower() and os.path.exists("/dev/nvidiactl")
+
+
+def default_threads(gpu: bool) -> int:
+  """Threads per side by default: 1 on a CPU (one core each, paired), every core feeding a GPU."""
+  return (os.cpu_count() or 1) if gpu else 1
+
+
+def bound_cores() -> list[int]:
+  """The cores this process may run on ([] where the platform cannot say)."""
+  return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+# ------------------------------------------------------------------------------------------------ headers
+
+
+def load_average() -> str:
+  return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def machine_header(threads: int) -> str:
   """One line for a table header: cores, CPU, threads per side, load average now."""
-  load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
   cpu = platform.processor() or platform.machine()
-  return f"{os.cpu_count()} cores ({cpu}), {threads} thread(s) per side, load average {load}"
+  return f"{os.cpu_count()} cores ({cpu}), {threads} thread(s) per side, load average {load_average()}"
 
 
 def cpu_model() -> str:
@@ -74,9 +117,48 @@ def rounds_note(rounds: int, started: float) -> str:
   """The closing note of a paired run: rounds, wall time since `started` (perf_counter), load average now."""
   return (
     f"{rounds} paired rounds per row (sides alternate, order reversed every round); "
-    f"{time.perf_counter() - started:.0f} s for this thread count; load average at the end "
-    + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    f"{time.perf_counter() - started:.0f} s for this thread count; load average at the end " + load_average()
   )
+
+
+def peer_missing(peer: str, error: BaseException | str) -> str:
+  """Says loudly, on stderr, that a comparison's peer is not installed (its rows are skipped); returns the
+  same sentence for the report's notes."""
+  how = PEER_INSTALL.get(peer, "make bench-peers")
+  line = f"bench: {peer} peer not installed ({error}) — rows skipped; install with {how}"
+  print(line, file=sys.stderr, flush=True)
+  return line
+
+
+# ------------------------------------------------------------------------------------------------ Markdown
+
+
+def md_head(columns: Sequence[str], align: str = "") -> list[str]:
+  """A table's header and rule lines; align: one letter per column, 'l' (---) or 'r' (---:), default 'l'."""
+  align = align or "l" * len(columns)
+  rule = "".join("|---:" if a == "r" else "|---" for a in align) + "|"
+  return ["| " + " | ".join(columns) + " |", rule]
+
+
+def md_row(cells: Sequence[Any]) -> str:
+  return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes a report whole (a temporary file renamed over the old one: a killed run leaves the old file)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+def module_argv(module: str, *args: str) -> list[str]:
+  """`python -m <module> args...` with this interpreter (children run from the repository root)."""
+  return [sys.executable, "-m", module, *args]
 
 
 def run_thread_counts(
@@ -87,7 +169,7 @@ def run_thread_counts(
   results = []
   for threads in counts:
     t0 = time.perf_counter()
-    proc = subprocess.run(child_argv(threads), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(child_argv(threads), stdout=subprocess.PIPE, text=True, cwd=ROOT)
     if proc.returncode != 0:
       raise SystemExit(f"the {threads}-thread run failed ({proc.returncode})")
     line = next(x for x in proc.stdout.splitlines() if x.startswith(tag))
@@ -96,9 +178,29 @@ def run_thread_counts(
   return results
 
 
+def call_with_deadline(fn: Callable[[], Any], seconds: float) -> tuple[str, float]:
+  """Runs fn() on a daemon thread for at most `seconds` (a first call that compiles, say); returns (why it is
+  unusable, or "" when it finished; seconds taken). A call past its deadline keeps running in the background."""
+  done, err = threading.Event(), []
+
+  def run() -> None:
+    try:
+      fn()
+    except Exception as e:  # a failure is a finding to report, not a crash of the whole bench
+      err.append(f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+    done.set()
+
+  t0 = time.perf_counter()
+  threading.Thread(target=run, daemon=True).start()
+  if not done.wait(seconds):
+    return f"did not finish in {seconds:.0f} s", time.perf_counter() - t0
+  return (f"failed ({err[0]})" if err else ""), time.perf_counter() - t0
+
+
 class Worker:
   """A subprocess that times one side: it prints READY after its warm-up, then answers each "run N" line
-  with `RESULT {"times": [...], ...}` (N timings in seconds)."""
+  with `RESULT {"times": [...], ...}` (N timings in seconds). It leads its own process group (torch.compile
+  and XLA start helpers), so `kill` ends its children too; not ready in `timeout` seconds: killed."""
 
   def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 900.0):
     self.argv = list(argv)
@@ -109,7 +211,9 @@ class Worker:
       stderr=None,
       text=True,
       env=dict(env) if env is not None else None,
+      cwd=ROOT,
       bufsize=1,
+      start_new_session=True,
     )
     self.info = self._read(timeout, expect_ready=True)
 
@@ -154,13 +258,20 @@ class Worker:
         self.proc.stdin.flush()
         self.proc.wait(timeout=30)
       except (OSError, subprocess.TimeoutExpired):
-        self.kill()
+        pass
+    self.kill()  # helpers the worker started may outlive it
 
   def kill(self) -> None:
-    """Ends the worker now (what a missed deadline does; subclasses may kill a whole process group)."""
-    if self.proc.poll() is None:
-      self.proc.kill()
-      self.proc.wait()
+    """Ends the worker and its process group now (what a missed deadline does)."""
+    proc = getattr(self, "proc", None)
+    if proc is None:
+      return
+    try:
+      os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+      if proc.poll() is None:
+        proc.kill()
+    proc.wait()
 
 
 def serve(
@@ -180,6 +291,9 @@ def serve(
         sync(out)
       times.append(time.perf_counter() - t)
     print(RESULT + json.dumps({"times": times}), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ timing
 
 
 def time_call(fn: Callable[[], Any], sync: Callable[[Any], Any] | None = None) -> float:

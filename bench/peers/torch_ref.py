@@ -1,4 +1,4 @@
-"""PyTorch reference of the SSDH training step, for bench/bench_train.py only (torch is a bench-only extra).
+"""PyTorch reference of the SSDH training step, for the bench/ comparisons only (torch is the `peers` extra).
 
 Networks written from the same specs as ssdh_jax.models (torchvision is not assumed):
   vgg_f         Caffe CNN-F: conv1 64×11×11/4 → ReLU → LRN → max-pool 3/2 (ceil) → conv2 256×5×5 p2 → ReLU → LRN
