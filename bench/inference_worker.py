@@ -44,6 +44,8 @@ def user_config(row: str, batch: int):
   c.eval.batch_size = batch
   if row.startswith("encode"):
     c.model.trainable = "all"  # eval.py on a run that trained the whole network encodes from the images
+  else:  # the prefix up to features_18's input (the shipped config trains the heads only: its prefix is all)
+    c.model.trainable = "features_18"
   return c
 
 

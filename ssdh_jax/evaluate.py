@@ -5,6 +5,7 @@ Every reported number is keyed by protocol, split hash, bits, backbone, metric, 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -44,7 +45,22 @@ def make_encoder(model: flax.linen.Module, preprocess_name: str | None):
   """A jitted (variables, uint8 images (B,H,W,3)) -> (codes bool (B,k), relaxed h float32 (B,k)).
 
   preprocess_name None: the inputs are cached activations, passed to the model as they are.
+  One per (model, preprocess_name) (modules compare by their fields): jit caches compiled programs per
+  function object, so a new closure on every `encode` call (every validation pass, the query and the database
+  of eval.py) would trace and compile the whole network again.
   """
+  try:
+    return _cached_encoder(model, preprocess_name)
+  except TypeError:  # a user's module with unhashable fields: a fresh encoder
+    return _encoder(model, preprocess_name)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_encoder(model: flax.linen.Module, preprocess_name: str | None):
+  return _encoder(model, preprocess_name)
+
+
+def _encoder(model: flax.linen.Module, preprocess_name: str | None):
 
   @jax.jit
   def encode_batch(variables, images):
